@@ -1,0 +1,93 @@
+"""Runtimes: where the pinned command runs (the host, or inside an image).
+
+A runtime wraps the launcher's argv and environment and reports what it is for the
+provenance. Each runtime is one module registered by name:
+
+- ``host``: the command as it is.
+- ``podman`` / ``docker``: ``podman run`` of an OCI image (kit.runtimes.oci).
+- ``singularity`` / ``apptainer``: ``singularity exec`` of a SIF (kit.runtimes.singularity).
+"""
+
+from __future__ import annotations
+
+import abc
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from kit.errors import KitError
+
+_REGISTRY: dict[str, Callable[..., "Runtime"]] = {}
+
+
+def register(*names: str):
+    def deco(cls):
+        for name in names:
+            _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+class Runtime(abc.ABC):
+    """Wraps a command so that it runs in this runtime."""
+
+    name: str = "?"
+    #: the Python interpreter to use for the pinned command inside this runtime
+    python: str = "python3"
+
+    def __init__(self, image: str | None = None, **options: Any):
+        self.image = image
+        self.options = options
+
+    @abc.abstractmethod
+    def wrap(self, argv: list[str], env: dict[str, str], *, cwd: Path, binds: list[Path]) -> list[str]:
+        """The argv that runs ``argv`` with ``env`` in ``cwd`` inside this runtime.
+
+        ``env`` holds only the variables the kit sets on purpose (LD_PRELOAD, OMP_*, ...);
+        the runtime decides how they reach the command (inherited, ``--env``, ...).
+        ``binds`` are host directories the command must see at the same path.
+        """
+
+    def process_roots(self, proc: subprocess.Popen) -> list[psutil.Process]:
+        """The processes whose trees hold the ranks (default: the wrapped command itself)."""
+        try:
+            return [psutil.Process(proc.pid)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: runtime name, image reference, digest, labels, ..."""
+        return {"runtime": self.name, "image": self.image}
+
+    def inspect_software(self) -> dict[str, Any]:
+        """pip freeze, torch and DeepSpeed versions as seen where the command runs."""
+        from kit.provenance import software_info
+
+        return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]))
+
+    def close(self) -> None:
+        """Clean up anything the runtime created (containers, ...)."""
+
+
+def get(name: str, image: str | None = None, **options: Any) -> Runtime:
+    import kit.runtimes.host  # noqa: F401  (registration)
+    try:
+        import kit.runtimes.oci  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        import kit.runtimes.singularity  # noqa: F401
+    except ImportError:
+        pass
+    if name not in _REGISTRY:
+        raise KitError(f"unknown runtime {name!r}", where="--runtime",
+                       fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](image=image, **options)
+
+
+def names() -> list[str]:
+    get("host")
+    return sorted(_REGISTRY)
