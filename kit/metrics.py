@@ -1,0 +1,53 @@
+"""From parsed iterations and sampled memory to the table's numbers.
+
+- ``sec_per_iter``: median of the measured iteration times after the warm-up iterations.
+- ``tflops_per_rank``, ``tflops`` (per node), ``est_aggr_pflops``: Megatron's formula
+  (kit.flops) on that sec/it, with the plan's shape and layout.
+- ``samples_per_sec``, ``tokens_per_sec``, ``final_loss``.
+- ``peak_mem_mib``: per node, the sum over the node's ranks of each rank process tree's
+  peak RSS; the largest node's value.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from kit import flops
+from kit.logparse import IterationRecord
+
+
+def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: int, vocab: int,
+              global_batch: int, checkpoint_activations: bool, tp: int, world_size: int,
+              ranks_per_node: int, nodes: int, warmup_iters: int,
+              rank_peak_rss_mib: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The metrics summary. Values that were not measured are None, never estimated."""
+    timed = [r for r in records if r.iteration > warmup_iters and r.elapsed_s is not None]
+    summary: dict[str, Any] = {
+        "iterations_logged": len(records),
+        "iterations_timed": len(timed),
+        "warmup_iters": warmup_iters,
+        "sec_per_iter": None, "sec_per_iter_min": None, "sec_per_iter_max": None,
+        "tflops_per_rank": None, "tflops": None, "est_aggr_pflops": None, "flops_per_iter": None,
+        "samples_per_sec": None, "tokens_per_sec": None,
+        "final_loss": records[-1].fields.get("loss") if records else None,
+        "peak_mem_mib": None, "peak_mem_mib_per_node": None,
+        "world_size": world_size, "ranks_per_node": ranks_per_node, "nodes": nodes,
+    }
+    if timed:
+        times = [r.elapsed_s for r in timed]
+        spi = statistics.median(times)
+        tp_ = flops.throughput(layers=layers, hidden=hidden, seq=seq, vocab=vocab, global_batch=global_batch,
+                               sec_per_iter=spi, checkpoint_activations=checkpoint_activations, tp=tp,
+                               world_size=world_size, ranks_per_node=ranks_per_node, nodes=nodes)
+        summary.update(
+            sec_per_iter=spi, sec_per_iter_min=min(times), sec_per_iter_max=max(times),
+            tflops_per_rank=tp_.tflops_per_rank, tflops=tp_.tflops, est_aggr_pflops=tp_.est_aggr_pflops,
+            flops_per_iter=tp_.flops_per_iter,
+            samples_per_sec=global_batch / spi, tokens_per_sec=global_batch * seq / spi,
+        )
+    if rank_peak_rss_mib:
+        per_node = {node: round(sum(ranks.values()), 1) for node, ranks in rank_peak_rss_mib.items()}
+        summary["peak_mem_mib_per_node"] = per_node
+        summary["peak_mem_mib"] = max(per_node.values()) if per_node else None
+    return summary

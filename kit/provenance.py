@@ -1,0 +1,89 @@
+"""Provenance: what ran, where, with what and under which job.
+
+``collect()`` gathers everything a reader needs to trust and re-run a result: the kit's
+version and git commit (with a dirty flag), the software the training command saw (taken
+where it ran: on the host or inside the image), the machine, the scheduler's variables and
+the training process's environment with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kit
+from kit import hostinfo
+from kit.redact import redact_env
+
+_SOFTWARE_SCRIPT = r"""
+import json, platform, sys
+out = {"python": platform.python_version(), "executable": sys.executable, "arch": platform.machine()}
+try:
+    from importlib import metadata
+    out["packages"] = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]})
+except Exception as e:
+    out["packages_error"] = repr(e)
+try:
+    import torch
+    out["torch"] = torch.__version__
+    out["torch_config"] = torch.__config__.show()
+    out["torch_threads"] = torch.get_num_threads()
+except Exception as e:
+    out["torch_error"] = repr(e)
+try:
+    from importlib.metadata import version
+    out["deepspeed"] = version("deepspeed")
+except Exception as e:
+    out["deepspeed_error"] = repr(e)
+print("KIT-SOFTWARE-JSON " + json.dumps(out))
+"""
+
+
+def software_info(python_argv: list[str], timeout: float = 120) -> dict[str, Any]:
+    """Versions and packages as seen by ``python_argv`` (a Python, possibly inside an image)."""
+    try:
+        proc = subprocess.run([*python_argv, "-c", _SOFTWARE_SCRIPT], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"error": f"could not run {python_argv!r}: {e}"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("KIT-SOFTWARE-JSON "):
+            return json.loads(line.split(" ", 1)[1])
+    return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+
+
+def kit_source() -> dict[str, Any]:
+    """The kit's version and, when it runs from a git checkout, the commit and a dirty flag."""
+    root = Path(kit.__file__).resolve().parent.parent
+    out: dict[str, Any] = {"version": kit.__version__, "path": str(root)}
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True, timeout=10)
+            out["git_dirty"] = bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def training_environment(env: dict[str, str]) -> dict[str, str]:
+    return redact_env(env)
+
+
+def collect(*, plan_summary: dict[str, Any], env: dict[str, str], software: dict[str, Any],
+            runtime: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "kit": kit_source(),
+        "plan": plan_summary,
+        "runtime": runtime,
+        "software": software,
+        "host": hostinfo.describe(),
+        "scheduler": hostinfo.scheduler_vars(env),
+        "environment": training_environment(env),
+        "cwd": os.getcwd(),
+        **(extra or {}),
+    }
