@@ -24,7 +24,7 @@ def synthetic_stream(vocab: int, seed: int, n: int = SYNTHETIC_TOKENS) -> torch.
     g = torch.Generator()
     g.manual_seed(seed)
     u = torch.rand(n, generator=g, dtype=torch.float64)
-    toks = (u.pow(3.0) * vocab).long().clamp_(max=vocab - 1)
+    toks = (u.pow(6.0) * vocab).long().clamp_(max=vocab - 1)
     # odd positions: a fixed function of the previous token (learnable bigram structure)
     toks[1::2] = (toks[0::2][: toks[1::2].numel()] * 31 + 7) % vocab
     return toks

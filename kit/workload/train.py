@@ -316,7 +316,9 @@ def run(a: Args) -> int:
         "train_batch_size": a.global_batch,
         "train_micro_batch_size_per_gpu": a.micro_batch,
         "gradient_accumulation_steps": gas,
-        "gradient_clipping": 1.0,
+        # ZeRO reports the pre-clip norm itself; without ZeRO we clip in a step pre-hook
+        # (_clip_hook) because the engine drops the norm it computes.
+        "gradient_clipping": 1.0 if a.zero > 0 else 0.0,
         "zero_optimization": {"stage": a.zero},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
@@ -324,6 +326,15 @@ def run(a: Args) -> int:
     }
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, mpu=mpu)
+    if a.zero == 0:
+        from deepspeed.runtime.utils import clip_grad_norm_
+
+        params = [p for grp in optimizer.param_groups for p in grp["params"]]
+
+        def _clip_hook(opt, _args, _kwargs):
+            opt._global_grad_norm = float(clip_grad_norm_(params, 1.0, mpu=engine.mpu))
+
+        optimizer.register_step_pre_hook(_clip_hook)
 
     threads = torch.get_num_threads()
     if rank == 0:
