@@ -57,7 +57,7 @@ def describe_validation_error(err: ValidationError, where: str) -> KitError:
         return KitError(msg, where=where)
     got = first.get("input")
     got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-    return KitError(f"{key}: {msg}{got_s}", where=where, fix="correct the value")
+    return KitError(f"{key}: {msg}{got_s}", where=where, fix=None if "; " in msg else "correct the value")
 
 
 def validate(model: type[M], data: dict[str, Any], where: str) -> M:

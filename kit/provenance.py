@@ -16,7 +16,7 @@ from typing import Any
 
 import kit
 from kit import hostinfo
-from kit.redact import redact_env
+from kit.redact import redact_argv, redact_env  # noqa: F401 (redact_argv re-exported)
 
 _SOFTWARE_SCRIPT = r"""
 import json, platform, sys

@@ -1,0 +1,192 @@
+"""The ``kit`` command line: a thin Typer layer over the library.
+
+Exit codes: 0 ok; 1 the run failed; 2 bad input (one line on stderr, nothing ran);
+3 the run stalled; 130 the run was interrupted. See README.md.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from kit import catalog, flops as flops_mod, plan as plan_mod, preset as preset_mod, recipe as recipe_mod
+from kit.errors import EXIT_USAGE, KitError
+
+app = typer.Typer(help="kit: reproducible LLM training sweeps on HPC systems (Fugaku/PJM, Slurm, workstations).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+recipes_app = typer.Typer(help="Pinned training recipes (recipes/*.yaml).", no_args_is_help=True)
+presets_app = typer.Typer(help="Machine-setting presets (env/*.yaml).", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+app.add_typer(presets_app, name="presets")
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+def _register_optional(module: str, name: str) -> None:
+    """Sub-apps that live in their own packages (image, bundle, ...)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return
+    app.add_typer(mod.app, name=name)
+
+
+@app.command()
+def run(
+    recipe: Annotated[str, typer.Argument(help="recipe name or path")] = recipe_mod.DEFAULT_RECIPE,
+    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: key=value (recorded)")] = None,
+    launcher: Annotated[str, typer.Option(help="local | mpirun | srun | slurm | pjm")] = "local",
+    runtime: Annotated[Optional[str], typer.Option(help="host | podman | docker | singularity | apptainer")] = None,
+    image: Annotated[Optional[str], typer.Option(help="run the pinned command inside this image")] = None,
+    nodes: Annotated[int, typer.Option(help="number of nodes")] = 1,
+    out: Annotated[Path, typer.Option(help="results directory")] = Path("results"),
+    time_limit: Annotated[str, typer.Option("--time", help="job time limit HH:MM:SS (slurm, pjm)")] = "01:00:00",
+    queue: Annotated[Optional[str], typer.Option(help="Slurm partition / PJM rscgrp")] = None,
+    account: Annotated[Optional[str], typer.Option(help="Slurm account / PJM group")] = None,
+    llio: Annotated[Optional[list[str]], typer.Option(help="PJM --llio option (repeatable)")] = None,
+    wait: Annotated[bool, typer.Option(help="batch launchers: wait for the job and finalize the bundle")] = False,
+    force: Annotated[bool, typer.Option(help="run combinations known to hang or fail anyway")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (and job script), run nothing")] = False,
+):
+    """Run a recipe under presets, watch it, and write a result bundle."""
+    from kit import runner
+
+    plan = plan_mod.resolve(recipe_name=recipe, overrides=set_ or [], preset_names=preset or None, launcher=launcher,
+                            runtime=runtime, image=image, nodes=nodes, force=force,
+                            job=plan_mod.JobOptions(time_limit=time_limit, queue=queue, account=account,
+                                                    llio=llio or [], wait=wait))
+    if dry_run:
+        _print_dry_run(plan)
+        return
+    outcome = runner.run(plan, out, console)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _print_dry_run(plan: plan_mod.Plan) -> None:
+    from kit import launchers
+
+    launcher = launchers.get(plan.launcher)
+    if launcher.batch:
+        console.print(launcher.render(plan, Path("results") / "<bundle-id>"), highlight=False, markup=False)
+        return
+    console.print_json(json.dumps(plan.summary(), default=str))
+
+
+@app.command("job-run", hidden=True)
+def job_run(bundle: Annotated[Path, typer.Argument(help="bundle directory made at submission")]):
+    """Inside a batch job: start the ranks of the bundle's plan and finalize the bundle."""
+    from kit.jobs import run_inside_job
+
+    raise typer.Exit(run_inside_job(bundle, console))
+
+
+@app.command()
+def flops(
+    layers: Annotated[int, typer.Option(help="transformer layers L")],
+    hidden: Annotated[int, typer.Option(help="hidden size h")],
+    seq: Annotated[int, typer.Option(help="sequence length s")],
+    vocab: Annotated[int, typer.Option(help="vocabulary size (padded as Megatron pads it)")],
+    global_batch: Annotated[int, typer.Option(help="global batch B")],
+    sec_per_iter: Annotated[float, typer.Option(help="measured seconds per iteration")],
+    checkpoint_activations: Annotated[bool, typer.Option(help="activation checkpointing (f=4)")] = False,
+    tp: Annotated[int, typer.Option(help="tensor parallel size (vocab padding)")] = 1,
+    world_size: Annotated[int, typer.Option(help="total ranks")] = 1,
+    ranks_per_node: Annotated[Optional[int], typer.Option(help="ranks per node (default world/nodes)")] = None,
+    nodes: Annotated[int, typer.Option(help="nodes")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False,
+):
+    """The TFLOPs columns for a shape, batch, layout and sec/it (Megatron's formula)."""
+    for name, v in (("--layers", layers), ("--hidden", hidden), ("--seq", seq), ("--vocab", vocab),
+                    ("--global-batch", global_batch), ("--tp", tp), ("--world-size", world_size), ("--nodes", nodes)):
+        if v <= 0:
+            raise KitError(f"{name} {v} must be positive", where=name, fix="give a positive integer")
+    if sec_per_iter <= 0:
+        raise KitError(f"--sec-per-iter {sec_per_iter} must be positive", where="--sec-per-iter", fix="give the measured seconds")
+    t = flops_mod.throughput(layers=layers, hidden=hidden, seq=seq, vocab=vocab, global_batch=global_batch,
+                             sec_per_iter=sec_per_iter, checkpoint_activations=checkpoint_activations, tp=tp,
+                             world_size=world_size, ranks_per_node=ranks_per_node, nodes=nodes)
+    if as_json:
+        print(json.dumps(t.as_dict()))
+        return
+    console.print(f"FLOPs per iteration  {t.flops_per_iter:.4e}\n"
+                  f"TFLOPs per rank      {t.tflops_per_rank:.4f}\n"
+                  f"TFLOPs (per node)    {t.tflops:.2f}\n"
+                  f"Est. Aggr. PetaFLOPs {t.est_aggr_pflops:.4f}", highlight=False)
+
+
+@recipes_app.command("list")
+def recipes_list():
+    """Recipes on the search path."""
+    t = Table("recipe", "model", "layout", "batch", "iters", "file")
+    for name in catalog.available("recipe"):
+        try:
+            r, path = recipe_mod.load(name)
+        except KitError as e:
+            t.add_row(name, f"[red]invalid: {e}[/]", "", "", "", "")
+            continue
+        m, p = r.model, r.parallel
+        t.add_row(name, f"L{m.layers} h{m.hidden} a{m.heads} s{m.seq}" + (" ckpt" if m.checkpoint_activations else ""),
+                  f"DP {p.dp or 'auto'} TP {p.tp} PP {p.pp} Z{p.zero}", f"{r.batch.micro}/{r.batch.global_batch}",
+                  str(r.train.iters), str(path))
+    console.print(t)
+
+
+@recipes_app.command("show")
+def recipes_show(name: str, set_: Annotated[Optional[list[str]], typer.Option("--set")] = None):
+    """A recipe as resolved (with overrides)."""
+    r, path = recipe_mod.load(name, set_ or [])
+    console.print(f"# {path}", highlight=False)
+    console.print(yaml.safe_dump(r.model_dump(by_alias=True), sort_keys=False), highlight=False, markup=False)
+
+
+@presets_app.command("list")
+def presets_list():
+    """Presets on the search path, as composed."""
+    t = Table("preset", "freq MHz", "allocator", "retention", "ranks/node", "threads")
+    for name in catalog.available("preset"):
+        try:
+            p, _ = preset_mod.load([name])
+        except KitError as e:
+            t.add_row(name, f"[red]invalid: {e}[/]", "", "", "", "")
+            continue
+        t.add_row(name, str(p.freq_mhz or "-"), p.allocator or "-", str(p.retention_state if p.retention_state is not None else "-"),
+                  str(p.ranks_per_node or "layout"), str(p.threads_per_rank or "auto"))
+    console.print(t)
+
+
+@presets_app.command("show")
+def presets_show(names: Annotated[list[str], typer.Argument(help="one or more presets, composed left to right")]):
+    """A preset (or a composition) fully resolved, and the files it came from."""
+    p, files = preset_mod.load(names)
+    console.print("# composed from: " + ", ".join(str(f) for f in files), highlight=False)
+    console.print(yaml.safe_dump(p.model_dump(exclude={"extends"}), sort_keys=False), highlight=False, markup=False)
+
+
+_register_optional("kit.image.cli", "image")
+_register_optional("kit.results.cli_bundle", "bundle")
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    try:
+        app()
+    except KitError as e:
+        err.print(f"kit: error: {e}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The monitor: finds a run's rank processes on this node and samples them.
+
+Ranks are found by the run id the kit puts in their environment (``KIT_RUN_ID``) and by
+their command line (the pinned argv), whoever started them: torchrun's children, mpirun's,
+slurmstepd's under srun, or a container's. For each rank the monitor keeps the peak RSS of
+the rank's whole process tree (psutil), which allocator its memory map shows
+(``/proc/<pid>/maps``), and when it was last seen alive.
+
+Sampling reads a few ``/proc`` files per rank every ``interval`` seconds; a full scan of
+the process table happens only until every expected rank is found, then every
+``rescan_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psutil
+
+from kit import allocator, rankenv
+
+MIB = 2**20
+
+
+@dataclass
+class RankSample:
+    rank: int
+    pid: int
+    node: str
+    local_rank: int | None = None
+    peak_rss_mib: float = 0.0
+    last_rss_mib: float = 0.0
+    allocator: dict[str, Any] = field(default_factory=dict)
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    alive: bool = True
+
+
+def _environ(p: psutil.Process) -> dict[str, str] | None:
+    try:
+        return p.environ()
+    except (psutil.Error, OSError):
+        return None
+
+
+def _tree_rss(p: psutil.Process) -> float:
+    total = 0
+    try:
+        procs = [p, *p.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for q in procs:
+        try:
+            total += q.memory_info().rss
+        except psutil.Error:
+            pass
+    return total / MIB
+
+
+class Monitor:
+    """Samples the ranks of run ``run_id`` on this node in a background thread."""
+
+    def __init__(self, run_id: str, match: list[str], expected_local: int, *, interval: float = 0.5,
+                 rescan_s: float = 5.0, node: str | None = None):
+        self.run_id = run_id
+        self.match = " ".join(match)
+        self.expected_local = expected_local
+        self.interval = interval
+        self.rescan_s = rescan_s
+        self.node = node or socket.gethostname()
+        self.ranks: dict[int, RankSample] = {}
+        self._procs: dict[int, psutil.Process] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kit-monitor", daemon=True)
+        self._last_scan = 0.0
+        self._lock = threading.Lock()
+        self.cpu_time_s = 0.0  # the monitor's own CPU time, to report its cost
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> "Monitor":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.thread_time()
+            self.sample()
+            self.cpu_time_s += time.thread_time() - t0
+            self._stop.wait(self.interval)
+
+    # -- sampling ---------------------------------------------------------------------------
+    def _is_rank(self, p: psutil.Process) -> dict[str, str] | None:
+        try:
+            cmd = " ".join(p.cmdline())
+        except (psutil.Error, OSError):
+            return None
+        if self.match not in cmd:
+            return None
+        env = _environ(p)
+        if not env or env.get("KIT_RUN_ID") != self.run_id:
+            return None
+        if rankenv.detect(env) is None:
+            return None
+        return env
+
+    def scan(self) -> None:
+        now = time.time()
+        self._last_scan = now
+        found: dict[int, tuple[psutil.Process, dict[str, str]]] = {}
+        for p in psutil.process_iter():
+            env = self._is_rank(p)
+            if env is None:
+                continue
+            renv = dict(env)
+            rankenv.resolve(renv)
+            found[p.pid] = (p, renv)
+        # keep the top-most matching process of each tree (a wrapper's child is the same rank)
+        for pid, (p, renv) in found.items():
+            try:
+                parent = p.ppid()
+            except psutil.Error:
+                continue
+            if parent in found:
+                continue
+            rank = int(renv["RANK"])
+            with self._lock:
+                known = self.ranks.get(rank)
+                if known is None or known.pid != pid:
+                    self.ranks[rank] = RankSample(rank=rank, pid=pid, node=self.node,
+                                                  local_rank=int(renv.get("LOCAL_RANK", 0)),
+                                                  first_seen=now, last_seen=now)
+                    self._procs[rank] = p
+
+    def sample(self) -> None:
+        now = time.time()
+        if len(self.ranks) < self.expected_local or now - self._last_scan > self.rescan_s:
+            self.scan()
+        with self._lock:
+            items = list(self._procs.items())
+        for rank, p in items:
+            s = self.ranks[rank]
+            if not s.alive:
+                continue
+            try:
+                alive = p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+            except psutil.Error:
+                alive = False
+            if not alive:
+                s.alive = False
+                continue
+            rss = _tree_rss(p)
+            s.last_rss_mib = rss
+            s.peak_rss_mib = max(s.peak_rss_mib, rss)
+            s.last_seen = now
+            if s.allocator.get("allocator") in (None, "unknown") or now - s.first_seen < 3:
+                s.allocator = allocator.mapped_allocator(p.pid)
+
+    # -- results ----------------------------------------------------------------------------
+    def pids(self) -> dict[int, int]:
+        with self._lock:
+            return {r: s.pid for r, s in self.ranks.items() if s.alive}
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            ranks = {str(r): asdict(s) for r, s in sorted(self.ranks.items())}
+        return {"node": self.node, "expected_local_ranks": self.expected_local, "ranks": ranks,
+                "interval_s": self.interval, "monitor_cpu_s": round(self.cpu_time_s, 4)}

@@ -1,0 +1,190 @@
+"""The plan: a run fully resolved and validated. Every later step reads only the plan.
+
+``resolve()`` takes a recipe (with ``--set`` overrides), presets, a launcher, a runtime and
+a node count, and decides: the parallel layout (DP derived when the recipe leaves it
+open), world size, ranks and threads per node, the pinned argv, the environment the kit
+sets on purpose (allocator preload, threads, run id), and for each preset setting who
+applies it, or that nobody can here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from kit import allocator, hostinfo, launchers, preset as preset_mod, recipe as recipe_mod, runtimes
+from kit.errors import KitError
+from kit.preset import Preset
+from kit.recipe import Recipe, check_batch
+
+
+class Setting(BaseModel):
+    """One machine setting: what was asked, who applies it, and what was seen."""
+    name: str
+    requested: Any = None
+    status: Literal["applied", "not-applied", "not-requested"] = "not-requested"
+    applied_by: str | None = None
+    note: str = ""
+    seen: Any = None
+    verified: bool | None = None
+
+
+class JobOptions(BaseModel):
+    time_limit: str = "01:00:00"
+    queue: str | None = Field(default=None, description="Slurm partition / PJM rscgrp")
+    account: str | None = Field(default=None, description="Slurm account / PJM group (-g)")
+    llio: list[str] = Field(default_factory=list, description="PJM --llio lines")
+    wait: bool = False
+
+
+class Plan(BaseModel):
+    recipe: Recipe
+    preset: Preset
+    recipe_name: str
+    preset_names: list[str]
+    recipe_file: str
+    preset_files: list[str]
+    overrides: list[str] = []
+    launcher: str = "local"
+    runtime: str = "host"
+    image: str | None = None
+    nodes: int = 1
+    dp: int
+    world_size: int
+    ranks_per_node: int
+    threads_per_rank: int
+    python: str
+    rank_argv: list[str]
+    env: dict[str, str]
+    settings: list[Setting]
+    job: JobOptions = JobOptions()
+    force: bool = False
+
+    def setting(self, name: str) -> Setting:
+        return next(s for s in self.settings if s.name == name)
+
+    def summary(self) -> dict[str, Any]:
+        p = self.recipe.parallel
+        return {
+            "recipe": self.recipe_name, "recipe_file": self.recipe_file, "recipe_sha256": self.recipe.content_hash(),
+            "presets": self.preset_names, "preset_files": self.preset_files, "preset_sha256": self.preset.content_hash(),
+            "overrides": self.overrides, "launcher": self.launcher, "runtime": self.runtime, "image": self.image,
+            "nodes": self.nodes, "world_size": self.world_size, "ranks_per_node": self.ranks_per_node,
+            "threads_per_rank": self.threads_per_rank, "dp": self.dp, "tp": p.tp, "pp": p.pp, "zero": p.zero,
+            "micro_batch": self.recipe.batch.micro, "global_batch": self.recipe.batch.global_batch,
+            "rank_argv": self.rank_argv, "settings": [s.model_dump() for s in self.settings],
+            "job": self.job.model_dump(),
+        }
+
+
+def _layout(recipe: Recipe, preset: Preset, nodes: int, where: str) -> tuple[int, int, int]:
+    """(dp, world_size, ranks_per_node) with DP×TP×PP = nodes × ranks per node."""
+    tp, pp = recipe.parallel.tp, recipe.parallel.pp
+    rpn = preset.ranks_per_node
+    dp = recipe.parallel.dp
+    if dp is None:
+        if rpn is None:
+            dp = 1
+        else:
+            total = nodes * rpn
+            if total % (tp * pp):
+                raise KitError(f"{nodes} node(s) x {rpn} ranks per node = {total} ranks is not a multiple of TP {tp} x PP {pp}",
+                               where=where, fix="set parallel.dp, or pick presets/nodes whose rank count TP x PP divides")
+            dp = total // (tp * pp)
+    world = dp * tp * pp
+    if rpn is None:
+        if world % nodes:
+            raise KitError(f"DP {dp} x TP {tp} x PP {pp} = {world} ranks do not spread evenly over {nodes} nodes",
+                           where=where, fix="change --nodes or parallel.dp")
+        rpn = world // nodes
+    elif world != nodes * rpn:
+        raise KitError(f"DP {dp} x TP {tp} x PP {pp} = {world} ranks, but {nodes} node(s) x {rpn} ranks per node "
+                       f"(preset {preset.name}) = {nodes * rpn}",
+                       where=where, fix=f"set parallel.dp={nodes * rpn // (tp * pp) or 1} or use a preset with "
+                                        f"ranks_per_node {world // nodes if world % nodes == 0 else '?'}")
+    try:
+        check_batch(recipe, dp)
+    except ValueError as e:
+        raise KitError(str(e), where=where) from None
+    return dp, world, rpn
+
+
+def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str] | None = None,
+            preset_names: list[str] | None = None, launcher: str = "local", runtime: str | None = None,
+            image: str | None = None, nodes: int = 1, job: JobOptions | None = None, force: bool = False,
+            cores_per_node: int | None = None) -> Plan:
+    overrides = list(overrides or [])
+    preset_names = list(preset_names or [preset_mod.DEFAULT_PRESET])
+    if nodes < 1:
+        raise KitError(f"--nodes {nodes} must be at least 1", where="--nodes", fix="use --nodes 1 or more")
+    recipe, recipe_path = recipe_mod.load(recipe_name, overrides)
+    preset, preset_paths = preset_mod.load(preset_names)
+    where = f"{recipe_path} + preset {preset.name}"
+    dp, world, rpn = _layout(recipe, preset, nodes, where)
+
+    if runtime is None:
+        runtime = "host" if image is None else _default_image_runtime()
+    rt = runtimes.get(runtime, image=image)
+    if runtime != "host" and not image:
+        raise KitError(f"runtime {runtime} needs an image", where="--image", fix="pass --image REF (see `kit image build`)")
+    launch = launchers.get(launcher)
+
+    cores = cores_per_node or hostinfo.usable_cores()
+    threads = preset.threads_per_rank or max(1, cores // rpn)
+
+    env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}
+    env.update(preset.env)
+    lib = allocator.resolve(preset.allocator, find=getattr(rt, "find_tcmalloc", allocator.find_tcmalloc))
+    if lib:
+        env["LD_PRELOAD"] = lib if not os.environ.get("LD_PRELOAD") else f"{lib}:{os.environ['LD_PRELOAD']}"
+
+    settings: list[Setting] = []
+    for key in ("freq_mhz", "retention_state", "eco_state"):
+        value = getattr(preset, key)
+        how = launch.applies(key, value) if value is not None else None
+        if value is None:
+            settings.append(Setting(name=key))
+        elif how:
+            settings.append(Setting(name=key, requested=value, status="applied", applied_by=how))
+        else:
+            settings.append(Setting(name=key, requested=value, status="not-applied",
+                                    note=f"set by the job manager (PJM -L, Slurm --cpu-freq); the {launcher} launcher "
+                                         f"cannot apply it, so it is recorded as requested, not applied"))
+    settings.append(Setting(name="allocator", requested=preset.allocator or "glibc",
+                            status="applied" if lib else ("applied" if preset.allocator == "glibc" else "not-requested"),
+                            applied_by=f"LD_PRELOAD={lib}" if lib else ("default allocator" if preset.allocator == "glibc" else None)))
+    settings.append(Setting(name="ranks_per_node", requested=rpn, status="applied",
+                            applied_by=launch.applies("ranks_per_node", rpn) or f"{launcher} launcher"))
+    settings.append(Setting(name="threads_per_rank", requested=threads, status="applied",
+                            applied_by=f"OMP_NUM_THREADS={threads}",
+                            note="" if preset.threads_per_rank else f"{cores} cores / {rpn} ranks per node"))
+    if preset.env:
+        settings.append(Setting(name="env", requested=dict(preset.env), status="applied", applied_by="environment"))
+
+    plan = Plan(
+        recipe=recipe, preset=preset, recipe_name=recipe.name, preset_names=preset_names,
+        recipe_file=str(recipe_path), preset_files=[str(p) for p in preset_paths], overrides=overrides,
+        launcher=launcher, runtime=runtime, image=image, nodes=nodes, dp=dp, world_size=world,
+        ranks_per_node=rpn, threads_per_rank=threads, python=rt.python,
+        rank_argv=recipe.render_command(python=rt.python), env=env, settings=settings,
+        job=job or JobOptions(), force=force,
+    )
+    launch.validate(plan)
+    return plan
+
+
+def _default_image_runtime() -> str:
+    import shutil
+
+    for engine in ("apptainer", "singularity", "podman", "docker"):
+        if shutil.which(engine):
+            return engine
+    raise KitError("an image was given but no container engine was found", where="--image",
+                   fix="install apptainer/singularity or podman, or drop --image to run on the host")
+
+
+def load(path: Path) -> Plan:
+    return Plan.model_validate_json(path.read_text())

@@ -1,0 +1,321 @@
+"""Running a plan: start the ranks, watch them, and always leave a bundle saying what happened.
+
+``run()`` makes the bundle and either executes the plan here (direct launchers: local,
+mpirun, srun) or submits a job script that executes it on the allocated nodes (batch
+launchers: slurm, pjm; see ``kit job-run``). ``execute()`` is the part that runs where the
+ranks run:
+
+1. the launcher's argv (torchrun / mpirun / srun) around the pinned command, wrapped by the
+   runtime (host, podman, singularity), with the kit's environment (allocator preload,
+   threads, ``KIT_RUN_ID``);
+2. a reader follows the launcher's output into ``logs/launcher.log`` and parses each
+   Megatron-format iteration line (progress, ETA, stall clock);
+3. the monitor samples every rank's process tree (peak RSS, allocator in the memory map);
+4. the stall watchdog: no new iteration for the stall timeout (or no first iteration within
+   the start-up timeout) → each rank's Python stack is collected, the ranks are stopped,
+   status ``stalled``; a rank failure → ``failed`` with per-rank exit codes/signals;
+   SIGINT/SIGTERM to the kit → ranks stopped, ``interrupted``;
+5. metrics, provenance and the final manifest are written, whatever the outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kit import bundle as bundle_mod, hostinfo, launchers, metrics, provenance, runtimes, table
+from kit.bundle import Bundle
+from kit.logparse import IterationRecord, parse_line
+from kit.monitor import Monitor
+from kit.plan import Plan
+from kit.progress import ProgressView
+
+EXIT_CODES = {"ok": 0, "submitted": 0, "failed": 1, "stalled": 3, "interrupted": 130}
+TERM_GRACE_S = 5.0
+
+
+@dataclass
+class Outcome:
+    status: str
+    reason: str
+    bundle: Bundle
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+
+def write_inputs(b: Bundle, plan: Plan) -> None:
+    """The resolved recipe and preset, and the plan that `kit job-run`/`kit reproduce` read back."""
+    b.write_yaml("recipe.yaml", plan.recipe.model_dump(by_alias=True))
+    b.write_yaml("preset.yaml", plan.preset.model_dump())
+    b.write_text("plan.json", plan.model_dump_json(indent=2) + "\n")
+
+
+def run(plan: Plan, out_dir: Path, console: Console) -> Outcome:
+    b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name)
+    write_inputs(b, plan)
+    launcher = launchers.get(plan.launcher)
+    if launcher.batch:
+        from kit.jobs import submit
+
+        return submit(plan, b, launcher, console)
+    return execute(plan, b, console)
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag the run loop acts on (main thread only)."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_S) -> None:
+    """SIGTERM the launcher's process group, SIGKILL what is left after ``grace`` seconds."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+def dump_stacks(pids: dict[int, int], out: Path, *, faulthandler_signal: bool) -> dict[str, str]:
+    """Each rank's Python stack: py-spy where installed, and the workload's faulthandler (SIGUSR1)."""
+    out.mkdir(parents=True, exist_ok=True)
+    done: dict[str, str] = {}
+    pyspy = shutil.which("py-spy")
+    for rank, pid in sorted(pids.items()):
+        if pyspy:
+            try:
+                r = subprocess.run([pyspy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+                bundle_mod.atomic_write(out / f"rank{rank}.py-spy.txt", r.stdout + r.stderr)
+                done[str(rank)] = "py-spy"
+            except (OSError, subprocess.SubprocessError) as e:
+                done[str(rank)] = f"py-spy failed: {e}"
+        if faulthandler_signal:
+            try:
+                os.kill(pid, signal.SIGUSR1)
+                done[str(rank)] = (done.get(str(rank), "") + " faulthandler").strip()
+            except ProcessLookupError:
+                pass
+    if faulthandler_signal:
+        time.sleep(1.0)  # let faulthandler write before the ranks are stopped
+    return done
+
+
+def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | None = None,
+            extra_provenance: dict[str, Any] | None = None, job_script: Path | None = None) -> Outcome:
+    """Start and watch the ranks of ``plan`` from here; finalize ``b`` whatever happens."""
+    launcher = launchers.get(launcher_name or plan.launcher)
+    rt = runtimes.get(plan.runtime, image=plan.image)
+    cwd = Path.cwd()
+    kit_env = dict(plan.env)
+    kit_env["KIT_RUN_ID"] = b.id
+    kit_env.setdefault("PYTHONUNBUFFERED", "1")
+    argv = launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs)
+    argv = rt.wrap(argv, kit_env, cwd=cwd, binds=[b.path, cwd])
+    env = {**os.environ, **kit_env}
+
+    records: list[IterationRecord] = []
+    last_progress = [time.monotonic()]
+    log_path = b.logs / "launcher.log"
+    started = bundle_mod.now_iso()
+    t_start = time.monotonic()
+    monitor = Monitor(b.id, plan.rank_argv[1:], expected_local=plan.ranks_per_node)
+    status, reason = "ok", ""
+    stacks: dict[str, str] = {}
+    timeout_first = plan.recipe.train.startup_timeout_s
+    timeout_next = plan.recipe.train.stall_timeout_s
+    rc: int | None = None
+
+    with _Interrupt() as intr, ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
+                                            f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
+        with log_path.open("w", buffering=1) as log:
+            log.write(f"# kit: {' '.join(argv)}\n")
+            try:
+                proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
+                                        errors="replace")
+            except OSError as e:
+                status, reason = "failed", f"could not start {argv[0]}: {e}"
+                proc = None
+            if proc is not None:
+                monitor.start()
+                lock = threading.Lock()
+
+                def follow():
+                    assert proc.stdout is not None
+                    for line in proc.stdout:
+                        log.write(line)
+                        rec = parse_line(line)
+                        if rec is not None:
+                            with lock:
+                                records.append(rec)
+                                last_progress[0] = time.monotonic()
+                            view.update(rec)
+
+                reader = threading.Thread(target=follow, name="kit-log-reader", daemon=True)
+                reader.start()
+                while proc.poll() is None:
+                    time.sleep(0.2)
+                    if intr.signum is not None:
+                        status = "interrupted"
+                        reason = f"{signal.Signals(intr.signum).name} received by kit; ranks stopped"
+                        view.status("interrupted: stopping ranks…")
+                        _kill_group(proc)
+                        break
+                    with lock:
+                        idle = time.monotonic() - last_progress[0]
+                        n = len(records)
+                    limit = timeout_next if n else timeout_first
+                    if idle > limit:
+                        status = "stalled"
+                        what = f"no new iteration for {idle:.0f}s (limit {limit:.0f}s) after iteration {records[-1].iteration}" \
+                            if n else f"no first iteration within {limit:.0f}s"
+                        reason = what
+                        view.status(f"stalled: {what}; collecting stacks…")
+                        stacks = dump_stacks(monitor.pids(), b.logs / "stacks",
+                                             faulthandler_signal="kit.workload" in plan.rank_argv)
+                        _kill_group(proc)
+                        break
+                rc = proc.wait()
+                reader.join(timeout=10)
+                monitor.stop()
+    duration = time.monotonic() - t_start
+    log_text = log_path.read_text(errors="replace")
+    rank_failures = launcher.failures(log_text)
+    expected = plan.recipe.train.iters
+    if status == "ok":
+        if rc not in (0, None):
+            status = "failed"
+            reason = f"launcher exited with code {rc}" + (
+                "; " + ", ".join(f"rank {r}: " + (f"signal {f['signal']}" if "signal" in f else f"exit {f.get('exit_code')}")
+                                 for r, f in sorted(rank_failures.items())) if rank_failures else "")
+        elif records and records[-1].iteration < expected:
+            status, reason = "failed", f"ended after iteration {records[-1].iteration} of {expected}"
+        elif not records:
+            status, reason = "failed", "the training command logged no iteration (see logs/launcher.log)"
+    return finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=[monitor.snapshot()],
+                    rank_failures=rank_failures, launcher_rc=rc, argv=argv, kit_env=kit_env, env=env,
+                    started=started, duration=duration, stacks=stacks, console=console,
+                    extra_provenance=extra_provenance)
+
+
+def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    freq = hostinfo.frequency_seen()
+    ranks = [r for m in monitors for r in m["ranks"].values()]
+    for s in plan.settings:
+        d = s.model_dump()
+        if s.name == "freq_mhz" and s.requested is not None:
+            d["seen"] = freq
+            if freq.get("mhz") and s.status == "applied":
+                d["verified"] = abs(freq["mhz"] - s.requested) / s.requested < 0.03
+        elif s.name == "allocator":
+            seen = {str(r["rank"]): r.get("allocator", {}).get("allocator", "unknown") for r in ranks}
+            d["seen"] = seen
+            want = "glibc" if s.requested in (None, "glibc") else ("tcmalloc" if s.requested == "tcmalloc" else None)
+            if seen and want:
+                d["verified"] = all(v == want for v in seen.values())
+            elif seen:
+                lib = Path(str(s.requested)).name
+                d["verified"] = all(any(lib in x for x in r.get("allocator", {}).get("libraries", [])) for r in ranks)
+        elif s.name == "ranks_per_node":
+            per_node: dict[str, int] = {}
+            for m in monitors:
+                per_node[m["node"]] = len(m["ranks"])
+            d["seen"] = per_node
+            d["verified"] = bool(per_node) and all(v == s.requested for v in per_node.values())
+        out.append(d)
+    return out
+
+
+def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: list[IterationRecord],
+             monitors: list[dict[str, Any]], rank_failures: dict[int, dict[str, object]], launcher_rc: int | None,
+             argv: list[str], kit_env: dict[str, str], env: dict[str, str], started: str, duration: float,
+             stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None) -> Outcome:
+    rank_peaks: dict[str, dict[str, float]] = {}
+    for m in monitors:
+        rank_peaks[m["node"]] = {r: s["peak_rss_mib"] for r, s in m["ranks"].items()}
+    r = plan.recipe
+    summary = metrics.summarize(records, layers=r.model.layers, hidden=r.model.hidden, seq=r.model.seq,
+                                vocab=r.model.vocab, global_batch=r.batch.global_batch,
+                                checkpoint_activations=r.model.checkpoint_activations, tp=r.parallel.tp,
+                                world_size=plan.world_size, ranks_per_node=plan.ranks_per_node, nodes=plan.nodes,
+                                warmup_iters=r.train.warmup_iters, rank_peak_rss_mib=rank_peaks)
+    summary["duration_s"] = round(duration, 3)
+    summary["status"] = status
+    ranks_out: dict[str, Any] = {}
+    for m in monitors:
+        for rk, s in m["ranks"].items():
+            ranks_out[rk] = {"node": s["node"], "pid": s["pid"], "local_rank": s["local_rank"],
+                             "peak_rss_mib": round(s["peak_rss_mib"], 1), "allocator": s["allocator"]}
+    for rk, f in rank_failures.items():
+        ranks_out.setdefault(str(rk), {}).update(f)
+    b.write_json("metrics.json", {"summary": summary, "ranks": ranks_out,
+                                  "nodes": {m["node"]: {"peak_mem_mib": round(sum(s["peak_rss_mib"] for s in m["ranks"].values()), 1),
+                                                        "ranks": sorted(int(x) for x in m["ranks"]),
+                                                        "monitor_cpu_s": m["monitor_cpu_s"]} for m in monitors},
+                                  "iterations": [rec.as_dict() for rec in records]})
+    plan_summary = plan.summary()
+    plan_summary["settings"] = _settings_seen(plan, monitors)
+    software = rt.inspect_software()
+    prov = provenance.collect(plan_summary=plan_summary, env=env, software=software, runtime=rt.describe(), extra={
+        "recipe": r.model_dump(by_alias=True),
+        "preset": plan.preset.model_dump(),
+        "run": {"argv": argv, "kit_env": sorted(kit_env), "launcher": launchers.get(plan.launcher).name,
+                "launcher_exit_code": launcher_rc, "started": started, "ended": bundle_mod.now_iso(),
+                "duration_s": round(duration, 3), "stacks": stacks},
+        **(extra_provenance or {}),
+    })
+    prov["run"]["argv"] = provenance.redact_argv(argv)
+    b.write_json("provenance.json", prov)
+    b.finalize(status, reason)  # type: ignore[arg-type]
+    rt.close()
+    out = Outcome(status=status, reason=reason, bundle=b, summary=summary)
+    _print_result(out, console)
+    return out
+
+
+def _print_result(out: Outcome, console: Console) -> None:
+    b = out.bundle
+    m = bundle_mod.read_manifest(b.path).model_dump()
+    rowtext = table.bundle_row(m, bundle_mod.load_json(b.path, "metrics.json"), bundle_mod.load_json(b.path, "provenance.json"))
+    console.print(table.HEADER, highlight=False, markup=False, soft_wrap=True)
+    console.print(rowtext, highlight=False, markup=False, soft_wrap=True)
+    colour = {"ok": "green", "failed": "red", "stalled": "yellow", "interrupted": "yellow"}.get(out.status, "white")
+    console.print(f"[{colour}]{out.status}[/]{': ' + out.reason if out.reason else ''}", highlight=False)
+    console.print(f"bundle: {b.path}", highlight=False, soft_wrap=True)

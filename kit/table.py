@@ -1,0 +1,78 @@
+"""The sweep table's row format (``shared/reference/fugaku-config-sweep.md``).
+
+Columns: Nodes, Size, DP, TP, PP, MBS, GBS, Mem, Sec/it, TFLOPs, Est. Aggr. PetaFLOPs,
+Notes. The preset's settings are written the way the table writes them next to the node
+count (``1 (2.2Hz, LD_PRELOAD=libtcmalloc.so, "retention_state=0")``); ``-`` marks what was
+not measured and ``^^`` a run that stalled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEADER = ("| Nodes | Size | DP | TP | PP | MBS |  GBS | Mem  | Sec/it | TFLOPs |Est. Aggr. PetaFLOPs| Notes |\n"
+          "| ----: | ---: | -: | -: | -: | --: |  --: | ---: | -----: | -----: | ---: | ----: |")
+
+STATUS_MARK = {"stalled": "^^", "failed": " (failed)", "interrupted": " (interrupted)"}
+
+
+def model_size(params: float) -> str:
+    if params >= 1e9:
+        return f"{params / 1e9:.1f}B"
+    if params >= 1e6:
+        return f"{params / 1e6:.0f}M"
+    return f"{params / 1e3:.0f}K"
+
+
+def gpt_params(layers: int, hidden: int, vocab: int, seq: int) -> float:
+    """Parameter count of a GPT-2-style model (tied embeddings), as model sizes are named."""
+    return 12 * layers * hidden * hidden + 13 * layers * hidden + vocab * hidden + seq * hidden + 2 * hidden
+
+
+def settings_label(settings: dict[str, Any], ranks_per_node: int) -> str:
+    """The table's way of writing a preset: ``max-proc-per-node=4, 2.2Hz, LD_PRELOAD=..., "retention_state=0"``."""
+    parts = []
+    if ranks_per_node and ranks_per_node > 1:
+        parts.append(f"max-proc-per-node={ranks_per_node}")
+    freq = settings.get("freq_mhz")
+    if freq and freq != 2000:
+        parts.append(f"{freq / 1000:.1f}Hz")
+    alloc = settings.get("allocator")
+    if alloc and alloc != "glibc":
+        parts.append("LD_PRELOAD=libtcmalloc.so" if alloc == "tcmalloc" else f"LD_PRELOAD={alloc.rsplit('/', 1)[-1]}")
+    if settings.get("retention_state") == 0:
+        parts.append('"retention_state=0"')
+    if settings.get("eco_state") is not None:
+        parts.append(f'"eco_state={settings["eco_state"]}"')
+    return ", ".join(parts)
+
+
+def fmt(value: Any, spec: str, unit: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{unit}"
+
+
+def row(*, nodes: int, size: str, dp: int, tp: int, pp: int, mbs: int, gbs: int, mem_mib: float | None,
+        sec_per_iter: float | None, tflops: float | None, pflops: float | None, note: str,
+        label: str = "", status: str = "ok") -> str:
+    node_cell = f"{nodes} ({label})" if label else f"{nodes}"
+    node_cell += STATUS_MARK.get(status, "")
+    return (f"| {node_cell} | {size} | {dp} | {tp} | {pp} | {mbs} | {gbs} | {fmt(mem_mib, '.1f', ' MiB')} | "
+            f"{fmt(sec_per_iter, '.1f' if (sec_per_iter or 0) >= 10 else '.3f')} | {fmt(tflops, '.2f' if (tflops or 0) >= 0.01 else '.4f')} | "
+            f"{fmt(pflops, '.4f' if (pflops or 0) >= 0.0001 else '.2e')} | {note} |")
+
+
+def bundle_row(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """One table row from a bundle's three JSON documents."""
+    plan = provenance["plan"]
+    recipe = provenance.get("recipe") or {}
+    model = recipe.get("model", {})
+    summary = metrics.get("summary", {})
+    requested = {s["name"]: s.get("requested") for s in plan.get("settings", [])}
+    size = model_size(gpt_params(model.get("layers", 0), model.get("hidden", 0), model.get("vocab", 0), model.get("seq", 0)))
+    created = manifest.get("created", "")[5:10]
+    job = (provenance.get("job") or {}).get("job_id")
+    note = " ".join(x for x in (created, f"job {job}" if job else "") if x)
+    return row(nodes=plan["nodes"], size=size, dp=plan["dp"], tp=plan["tp"], pp=plan["pp"], mbs=plan["micro_batch"],
+               gbs=plan["global_batch"], mem_mib=summary.get("peak_mem_mib"), sec_per_iter=summary.get("sec_per_iter"),
+               tflops=summary.get("tflops"), pflops=summary.get("est_aggr_pflops"), note=note,
+               label=settings_label(requested, plan["ranks_per_node"]), status=manifest.get("status", "ok"))
