@@ -1,0 +1,1 @@
+"""Images: render the definition file, convert it, build it, inspect it (kit image ...)."""

@@ -1,0 +1,95 @@
+"""``kit image recipe | build | inspect``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from kit.image.recipe import RecipeOptions, committed_path, render
+
+app = typer.Typer(help="Build and inspect the kit's images.", no_args_is_help=True)
+
+TargetOpt = typer.Option("x86_64", "--target", "-t", help="x86_64 or a64fx (aarch64)")
+TcmallocOpt = typer.Option(True, "--tcmalloc/--no-tcmalloc", help="install gperftools' tcmalloc in the image")
+BaseOpt = typer.Option(None, "--base", help="base image (default: from containers/versions.yaml), e.g. a local "
+                                             "debootstrap import localhost/kit-base:bookworm-amd64")
+
+
+@app.command()
+def recipe(
+    target: str = TargetOpt,
+    tcmalloc: bool = TcmallocOpt,
+    base: Optional[str] = BaseOpt,
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the definition file here (and the "
+                                       "Dockerfile beside it as <name>.Dockerfile); default: print it"),
+    write: bool = typer.Option(False, "--write", help="write containers/<target>.def and .Dockerfile (the committed ones)"),
+    dockerfile: bool = typer.Option(False, "--dockerfile", help="print the converted Dockerfile instead"),
+) -> None:
+    """Render the Singularity definition file for a target (and its Dockerfile)."""
+    from kit.image.convert import to_dockerfile
+
+    r = render(RecipeOptions(target=target, tcmalloc=tcmalloc, base=base))
+    if write:
+        out = committed_path(target)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(r.text)
+        df = out.with_suffix(".Dockerfile")
+        df.write_text(to_dockerfile(r.text))
+        typer.echo(f"wrote {out} and {df} (recipe sha256 {r.sha256})")
+        return
+    typer.echo(to_dockerfile(r.text) if dockerfile else r.text, nl=False)
+
+
+@app.command()
+def build(
+    target: str = TargetOpt,
+    tcmalloc: bool = TcmallocOpt,
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="apptainer, singularity, podman or docker "
+                                         "(default: the first installed, in that order)"),
+    base: Optional[str] = BaseOpt,
+    tag: Optional[str] = typer.Option(None, "--tag", help="image name (podman/docker; default localhost/kit:<target>-"
+                                      "<tcmalloc|glibc>) or SIF path (singularity; default ./kit-<variant>.sif)"),
+    wheelhouse: list[Path] = typer.Option([], "--wheelhouse", help="directory holding the pinned torch wheel "
+                                          "(x86_64 needs the CPU wheel; default: $KIT_WHEELHOUSE, ~/.cache/kit/wheelhouse, /opt/wheels)"),
+    context: Optional[Path] = typer.Option(None, "--context", help="build context directory (default: "
+                                           "~/.cache/kit/image-build/<variant>)"),
+    pip_cache: Optional[Path] = typer.Option(None, "--pip-cache", help="host directory mounted as pip's cache "
+                                             "during podman builds (default: $KIT_PIP_CACHE or ~/.cache/kit/pip)"),
+    ca_bundle: str = typer.Option("auto", "--ca-bundle", help="host CA bundle mounted for pip during podman builds "
+                                  "(auto: $PIP_CERT or the system bundle; none: no mount)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write the context and print the build command only"),
+    json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Build the image for a target with podman, docker, apptainer or singularity."""
+    from kit.image import build as b
+
+    eng = b.detect_engine(engine)
+    opts = RecipeOptions(target=target, tcmalloc=tcmalloc, base=base)
+    ctx = context or Path.home() / ".cache" / "kit" / "image-build" / opts.variant()
+    cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or Path.home() / ".cache" / "kit" / "pip")
+    plan = b.prepare(opts, engine=eng, context=ctx, ref=tag, wheelhouse=list(wheelhouse) or None,
+                     pip_cache=cache, ca_bundle=ca_bundle)
+    if dry_run:
+        typer.echo(json.dumps(plan.describe(), indent=2) if json_out else " ".join(plan.argv))
+        return
+    info = b.run(plan)
+    if json_out:
+        typer.echo(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        typer.echo(f"built {info['ref']} ({info.get('arch')}) digest {info['digest']} in {info['build']['seconds']} s")
+
+
+@app.command()
+def inspect(
+    ref: str = typer.Argument(..., help="an OCI image name (podman/docker) or a .sif file"),
+    engine: Optional[str] = typer.Option(None, "--engine", "-e", help="podman, docker, apptainer or singularity"),
+) -> None:
+    """Show an image's digest, architecture and labels (JSON)."""
+    from kit.image.inspect import inspect_image
+
+    typer.echo(json.dumps(inspect_image(ref, engine), indent=2, sort_keys=True))
