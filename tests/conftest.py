@@ -1,0 +1,58 @@
+"""Shared fixtures. Real runs use the real kit CLI in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def kit_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600,
+            check: bool = False) -> subprocess.CompletedProcess:
+    """Run ``python -m kit ARGS`` and capture its output."""
+    e = {**os.environ, **(env or {})}
+    e.setdefault("COLUMNS", "200")
+    proc = subprocess.run([sys.executable, "-m", "kit", *args], cwd=cwd or REPO, env=e, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def bundle_from_output(output: str) -> Path:
+    for line in output.splitlines():
+        if line.startswith("bundle: "):
+            return Path(line.split(": ", 1)[1].strip())
+    raise AssertionError(f"no bundle path in output:\n{output}")
+
+
+def load(bundle: Path, name: str) -> dict:
+    return json.loads((bundle / name).read_text())
+
+
+FAST = ["--set", "train.iters=6", "--set", "train.warmup_iters=1"]
+
+
+@pytest.fixture(scope="session")
+def results_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("results")
+
+
+@pytest.fixture(scope="session")
+def tiny_run_1rank(results_dir):
+    """A real 1-rank `kit run tiny --preset tuned` (torchrun, DeepSpeed on gloo)."""
+    proc = kit_cli("run", "tiny", "--preset", "tuned", *FAST, "--out", str(results_dir), check=True)
+    return bundle_from_output(proc.stdout), proc
+
+
+@pytest.fixture(scope="session")
+def tiny_run_2rank(results_dir):
+    """A real 2-rank data-parallel run."""
+    proc = kit_cli("run", "tiny", "--preset", "tuned", "--set", "parallel.dp=2", *FAST, "--out", str(results_dir), check=True)
+    return bundle_from_output(proc.stdout), proc
