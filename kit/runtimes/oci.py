@@ -72,13 +72,14 @@ print("KIT-PROBE-JSON " + json.dumps(out))
 """
 
 
-#: launcher variables passed from the host into the container (podman takes globs, docker names)
+#: launcher variables (and QEMU_CPU, which picks the CPU model qemu-user emulates for a
+#: foreign-architecture image) passed from the host into the container (podman takes globs, docker names)
 PASS_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
               "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID",
               "SLURM_JOB_ID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-              "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "PJM_JOBID")
+              "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "PJM_JOBID", "QEMU_CPU")
 PASS_GLOBS = ("SLURM_*", "OMPI_*", "PMIX_*", "PMI_*", "PJM_*", "FLIB_*", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-              "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
+              "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "QEMU_CPU")
 
 
 def run_probe(prefix: list[str], timeout: float = 300) -> dict[str, Any]:
