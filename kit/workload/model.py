@@ -168,9 +168,9 @@ def pipeline_specs(cfg: GPTConfig, tp: TPGroup = NO_TP) -> list:
     """LayerSpecs for deepspeed.pipe: tied embedding, blocks, final LN, tied LM head."""
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
-    specs: list = [TiedLayerSpec("embed", Embedding, cfg, tied_weight_attr=["wte.weight", "wpe.weight"])]
+    specs: list = [TiedLayerSpec("embed", Embedding, cfg, tied_weight_attr=["wte.weight"])]
     specs += [LayerSpec(Block, cfg, i, tp) for i in range(cfg.layers)]
     specs.append(LayerSpec(FinalNorm, cfg.hidden))
     specs.append(TiedLayerSpec("embed", Embedding, cfg, forward_fn=tied_head_forward,
-                               tied_weight_attr=["wte.weight", "wpe.weight"]))
+                               tied_weight_attr=["wte.weight"]))
     return specs

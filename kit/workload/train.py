@@ -208,6 +208,11 @@ def _inject(fault: Fault, rank: int) -> None:
 
 def _setup_env() -> tuple[str, bool]:
     """Rank variables, DeepSpeed accelerator choice, threads. Returns (launcher, cuda)."""
+    import faulthandler
+
+    faulthandler.enable()  # a crash (e.g. --fault segv) leaves a Python traceback on stderr
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 PID` dumps every thread's stack (hang triage)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     if rankenv.detect() is None and "MASTER_PORT" not in os.environ:
         os.environ["MASTER_PORT"] = str(_free_port())  # single process: never collide
     source = rankenv.resolve()
@@ -271,8 +276,14 @@ def run(a: Args) -> int:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dp = check_layout(a, world)
 
+    import warnings
+
     import torch
 
+    warnings.filterwarnings("ignore", message=".*all_gather_into_tensor.* is deprecated", category=FutureWarning)
+    # deepspeed.pipe's gloo p2p (broadcast) on tensors that require grad; the results match
+    # the unsplit model exactly (same loss and grad norm), so the warning is noise here.
+    warnings.filterwarnings("ignore", message="c10d::broadcast_: an autograd kernel", category=UserWarning)
     import deepspeed
     import deepspeed.comm as ds_dist
 
