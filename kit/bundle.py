@@ -142,6 +142,11 @@ class Bundle:
         b._write_manifest()
         return b
 
+    @classmethod
+    def open(cls, path: Path) -> "Bundle":
+        """An existing bundle directory (``kit job-run``, ``kit collect``)."""
+        return cls(path=Path(path), manifest=read_manifest(Path(path)))
+
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path / name
         atomic_write(p, dump_json(data))
@@ -249,4 +254,52 @@ def verify(path: Path) -> Verdict:
     for req in REQUIRED_FILES:
         if req not in m.files:
             v.problems.append(f"{path / req}: required file missing from the bundle")
+    v.problems.extend(_check_documents(path, m))
     return v
+
+
+#: top-level keys each JSON document must have, and the keys inside them that readers rely on
+DOCUMENT_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
+    "metrics.json": {"": ("summary", "iterations"), "summary": ()},
+    "provenance.json": {"": ("plan", "runtime", "software", "host"),
+                        "plan": ("nodes", "dp", "tp", "pp", "micro_batch", "global_batch", "ranks_per_node")},
+    "plan.json": {"": ("recipe", "preset", "recipe_name", "preset_names", "nodes")},
+}
+
+
+def _check_documents(path: Path, m: Manifest) -> list[str]:
+    """Schema of the documents readers parse: valid JSON/YAML mappings with the keys they need."""
+    problems: list[str] = []
+    for rel, schema in DOCUMENT_SCHEMA.items():
+        p = path / rel
+        if rel not in m.files or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            problems.append(f"{p}: schema: not valid JSON ({e})")
+            continue
+        if not isinstance(doc, dict):
+            problems.append(f"{p}: schema: the document is not a JSON object")
+            continue
+        for section, keys in schema.items():
+            node = doc.get(section) if section else doc
+            label = f"{section}: " if section else ""
+            if not isinstance(node, dict):
+                problems.append(f"{p}: schema: {section or 'document'} is not a JSON object")
+                continue
+            missing = [k for k in keys if k not in node]
+            if missing:
+                problems.append(f"{p}: schema: {label}missing key(s) {', '.join(missing)}")
+    for rel in ("recipe.yaml", "preset.yaml"):
+        p = path / rel
+        if rel not in m.files or not p.is_file() or p.is_symlink():
+            continue
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            problems.append(f"{p}: schema: not valid YAML ({str(e).splitlines()[0]})")
+            continue
+        if not isinstance(doc, dict):
+            problems.append(f"{p}: schema: not a YAML mapping")
+    return problems

@@ -176,7 +176,9 @@ def presets_show(names: Annotated[list[str], typer.Argument(help="one or more pr
 
 
 _register_optional("kit.image.cli", "image")
-_register_optional("kit.results.cli_bundle", "bundle")
+from kit.results import cli as _results_cli  # noqa: E402  (bundle, report, compare, sweep, reproduce)
+
+_results_cli.register(app)
 
 
 def main() -> None:

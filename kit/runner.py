@@ -62,9 +62,13 @@ def write_inputs(b: Bundle, plan: Plan) -> None:
     b.write_text("plan.json", plan.model_dump_json(indent=2) + "\n")
 
 
-def run(plan: Plan, out_dir: Path, console: Console) -> Outcome:
+def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, Any] | None = None) -> Outcome:
+    """``extra_files``: JSON documents written into the bundle with its inputs (e.g. a sweep's
+    ``sweep.json`` with the point key), so they are checksummed with the rest."""
     b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name)
     write_inputs(b, plan)
+    for name, doc in (extra_files or {}).items():
+        b.write_json(name, doc)
     launcher = launchers.get(plan.launcher)
     if launcher.batch:
         from kit.jobs import submit

@@ -61,18 +61,53 @@ def row(*, nodes: int, size: str, dp: int, tp: int, pp: int, mbs: int, gbs: int,
             f"{fmt(pflops, '.4f' if (pflops or 0) >= 0.0001 else '.2e')} | {note} |")
 
 
-def bundle_row(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> str:
-    """One table row from a bundle's three JSON documents."""
+#: settings in the order the table lists single-setting rows (retention, frequency, allocator)
+_SETTING_ORDER = {"retention_state": 1, "freq_mhz": 2, "allocator": 3, "eco_state": 4}
+_DEFAULTS = {"retention_state": 1, "freq_mhz": 2000, "allocator": "glibc", "eco_state": None}
+
+
+def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """The values of one table row (and what ``kit report`` groups, sorts and exports), from a bundle.
+
+    A run that did not finish (stalled, failed, interrupted) has no valid Sec/it: timing columns
+    are ``None`` (printed ``-``); memory is kept when it was measured.
+    """
     plan = provenance["plan"]
     recipe = provenance.get("recipe") or {}
     model = recipe.get("model", {})
     summary = metrics.get("summary", {})
     requested = {s["name"]: s.get("requested") for s in plan.get("settings", [])}
-    size = model_size(gpt_params(model.get("layers", 0), model.get("hidden", 0), model.get("vocab", 0), model.get("seq", 0)))
-    created = manifest.get("created", "")[5:10]
-    job = (provenance.get("job") or {}).get("job_id")
-    note = " ".join(x for x in (created, f"job {job}" if job else "") if x)
-    return row(nodes=plan["nodes"], size=size, dp=plan["dp"], tp=plan["tp"], pp=plan["pp"], mbs=plan["micro_batch"],
-               gbs=plan["global_batch"], mem_mib=summary.get("peak_mem_mib"), sec_per_iter=summary.get("sec_per_iter"),
-               tflops=summary.get("tflops"), pflops=summary.get("est_aggr_pflops"), note=note,
-               label=settings_label(requested, plan["ranks_per_node"]), status=manifest.get("status", "ok"))
+    params = gpt_params(model.get("layers", 0), model.get("hidden", 0), model.get("vocab", 0), model.get("seq", 0))
+    created = manifest.get("created", "")
+    job = (provenance.get("job") or {}).get("job_id") or (provenance.get("scheduler") or {}).get("job_id")
+    status = manifest.get("status", "ok")
+    ok = status == "ok"
+    changed = sorted((k for k, v in requested.items() if k in _SETTING_ORDER and v is not None and v != _DEFAULTS[k]),
+                     key=_SETTING_ORDER.__getitem__)
+    return {
+        "id": manifest.get("id"), "status": status, "reason": manifest.get("reason", ""),
+        "recipe": plan.get("recipe") or manifest.get("recipe"), "presets": plan.get("presets") or [manifest.get("preset")],
+        "overrides": plan.get("overrides", []), "size": model_size(params), "params": params,
+        "seq": model.get("seq"), "checkpoint_activations": bool(model.get("checkpoint_activations")),
+        "nodes": plan["nodes"], "ranks_per_node": plan["ranks_per_node"], "label": settings_label(requested, plan["ranks_per_node"]),
+        "dp": plan["dp"], "tp": plan["tp"], "pp": plan["pp"], "mbs": plan["micro_batch"], "gbs": plan["global_batch"],
+        "mem_mib": summary.get("peak_mem_mib"),
+        "sec_per_iter": summary.get("sec_per_iter") if ok else None,
+        "tflops": summary.get("tflops") if ok else None,
+        "est_aggr_pflops": summary.get("est_aggr_pflops") if ok else None,
+        "final_loss": summary.get("final_loss"), "iterations_logged": summary.get("iterations_logged"),
+        "date": created[5:10], "created": created, "job_id": job,
+        "note": " ".join(x for x in (created[5:10], f"job {job}" if job else "") if x),
+        "setting_order": [_SETTING_ORDER[k] for k in changed],
+    }
+
+
+def fields_row(f: dict[str, Any]) -> str:
+    return row(nodes=f["nodes"], size=f["size"], dp=f["dp"], tp=f["tp"], pp=f["pp"], mbs=f["mbs"], gbs=f["gbs"],
+               mem_mib=f["mem_mib"], sec_per_iter=f["sec_per_iter"], tflops=f["tflops"], pflops=f["est_aggr_pflops"],
+               note=f["note"], label=f["label"], status=f["status"])
+
+
+def bundle_row(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> str:
+    """One table row from a bundle's three JSON documents."""
+    return fields_row(row_fields(manifest, metrics, provenance))

@@ -56,3 +56,17 @@ def tiny_run_2rank(results_dir):
     """A real 2-rank data-parallel run."""
     proc = kit_cli("run", "tiny", "--preset", "tuned", "--set", "parallel.dp=2", *FAST, "--out", str(results_dir), check=True)
     return bundle_from_output(proc.stdout), proc
+
+
+# -- results (kit.results: bundle pack/verify/import, report, compare, sweep, reproduce) -----------
+@pytest.fixture(scope="session")
+def tiny_run_baseline(results_dir):
+    """A real 1-rank `kit run tiny --preset baseline` (glibc malloc; compare with tiny_run_1rank)."""
+    proc = kit_cli("run", "tiny", "--preset", "baseline", *FAST, "--out", str(results_dir), check=True)
+    return bundle_from_output(proc.stdout), proc
+
+
+@pytest.fixture(scope="session")
+def real_bundles(tiny_run_baseline, tiny_run_1rank):
+    """Two finished bundles from real runs: (baseline, tuned). Read them; copy before changing them."""
+    return tiny_run_baseline[0], tiny_run_1rank[0]

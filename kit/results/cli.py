@@ -1,0 +1,213 @@
+"""The results commands: ``kit bundle pack|verify|import|show``, ``kit report``, ``kit compare``,
+``kit sweep``, ``kit reproduce``. A thin Typer layer over :mod:`kit.results`.
+
+Exit codes: 0 ok; 1 verification failed (each problem on its own line, naming the file), a
+report left bundles out, a sweep point failed, or a reproduction differs beyond its
+tolerance; 2 bad input (``KitError``: one line on stderr); 3 a reproduction's run failed or
+stalled; 4 a reproduction's environment could not be matched; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from kit.results import EXIT_OK, EXIT_PROBLEMS, VerificationFailed
+
+bundle_app = typer.Typer(help="Result bundles: pack to one .tar.gz, verify, import safely, show.",
+                         no_args_is_help=True)
+out = Console(stderr=False, soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _problems(e: VerificationFailed) -> None:
+    err.print(f"kit: {e.what}", highlight=False, markup=False)
+    for p in e.problems:
+        print(p, file=sys.stderr)
+    raise typer.Exit(EXIT_PROBLEMS)
+
+
+def _limits(max_archive_mib: float | None, max_member_mib: float | None, max_total_mib: float | None):
+    from dataclasses import replace
+
+    from kit.results import archive
+
+    lim = archive._env_limits()
+    mib = archive.MiB
+    if max_archive_mib is not None:
+        lim = replace(lim, max_archive=int(max_archive_mib * mib))
+    if max_member_mib is not None:
+        lim = replace(lim, max_member=int(max_member_mib * mib))
+    if max_total_mib is not None:
+        lim = replace(lim, max_total=int(max_total_mib * mib))
+    return lim
+
+
+MaxArchive = Annotated[Optional[float], typer.Option("--max-archive-mib", help="refuse archives larger than this")]
+MaxMember = Annotated[Optional[float], typer.Option("--max-member-mib", help="refuse any file larger than this")]
+MaxTotal = Annotated[Optional[float], typer.Option("--max-total-mib", help="refuse bundles larger than this in all")]
+
+
+@bundle_app.command("pack")
+def pack_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+             output: Annotated[Optional[Path], typer.Option("--out", "-o", help="archive file or directory")] = None):
+    """Verify a bundle and pack it into one <id>.tar.gz."""
+    from kit.results import archive
+
+    try:
+        path = archive.pack(bundle, output)
+    except VerificationFailed as e:
+        _problems(e)
+    out.print(f"packed: {path}", highlight=False, markup=False)
+
+
+@bundle_app.command("verify")
+def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories, .tar.gz archives or results directories")],
+               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None):
+    """Check the schema, the final status and every checksum; print each problem, naming the file."""
+    from kit.results import archive
+
+    lim = _limits(max_archive_mib, max_member_mib, max_total_mib)
+    bad = 0
+    for p in paths:
+        try:
+            verdicts = archive.verify_path(p, lim)
+        except VerificationFailed as e:
+            for line in e.problems:
+                print(line, file=sys.stderr)
+            bad += 1
+            continue
+        for v in verdicts:
+            if v.ok:
+                out.print(f"ok: {v.path} ({v.status})", highlight=False, markup=False)
+            else:
+                bad += 1
+                for line in v.problems:
+                    print(line, file=sys.stderr)
+                err.print(f"FAILED: {v.path}: {len(v.problems)} problem(s)", highlight=False, markup=False)
+    raise typer.Exit(EXIT_PROBLEMS if bad else EXIT_OK)
+
+
+@bundle_app.command("import")
+def import_cmd(archive_file: Annotated[Path, typer.Argument(metavar="FILE", help="a .tar.gz written by `kit bundle pack`")],
+               into: Annotated[Path, typer.Option(help="results directory to import into")] = Path("results"),
+               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None):
+    """Extract an archive safely (no links, devices, absolute or .. paths, size caps) and verify it."""
+    from kit.results import archive
+
+    try:
+        path = archive.import_archive(archive_file, into, _limits(max_archive_mib, max_member_mib, max_total_mib))
+    except VerificationFailed as e:
+        _problems(e)
+    out.print(f"imported: {path}", highlight=False, markup=False)
+
+
+@bundle_app.command("show")
+def show_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+             as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False):
+    """A bundle's summary: status, what ran, the table row, the settings and the verification."""
+    from kit.results import show
+
+    s = show.summary(bundle)
+    if as_json:
+        print(json.dumps(s, indent=2, default=str))
+    else:
+        out.print(show.render(s), highlight=False, markup=False)
+    raise typer.Exit(EXIT_OK if s["verified"] else EXIT_PROBLEMS)
+
+
+def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories or results directories")],
+               fmt: Annotated[str, typer.Option("--format", "-f", help="markdown | csv | json")] = "markdown",
+               plot: Annotated[Optional[Path], typer.Option(help="write PNG charts (sec/it, TFLOPs, memory) here")] = None,
+               output: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the report to this file")] = None):
+    """The sweep table (fugaku-config-sweep.md's columns), grouped by model size and sequence length."""
+    from kit.bundle import atomic_write
+    from kit.results import report
+
+    rep = report.build(paths)
+    text = report.render(rep, fmt)
+    if output:
+        atomic_write(output, text)
+        err.print(f"report: {output}", highlight=False, markup=False)
+    else:
+        sys.stdout.write(text)
+    for s in rep.skipped:
+        print(f"warning: {s}", file=sys.stderr)
+    if plot:
+        from kit.results import plots
+
+        for p in plots.plot(rep, plot):
+            err.print(f"plot: {p}", highlight=False, markup=False)
+    raise typer.Exit(EXIT_PROBLEMS if rep.skipped else EXIT_OK)
+
+
+def compare_cmd(a: Annotated[Path, typer.Argument(help="bundle A")], b: Annotated[Path, typer.Argument(help="bundle B")],
+                show_all: Annotated[bool, typer.Option("--all", help="list identical sections too")] = False,
+                as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False):
+    """What differs between two bundles (plan, settings, image, packages, hardware, environment) and how each metric moved."""
+    from kit.results import compare, store
+
+    c = compare.compare(store.load(a), store.load(b))
+    if as_json:
+        print(json.dumps(compare.to_json(c), indent=2, default=str))
+    else:
+        sys.stdout.write(compare.render(c, show_all=show_all))
+
+
+def sweep_cmd(sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", help="sweep file (see sweeps/)")],
+              output: Annotated[Optional[Path], typer.Option("--out", help="results directory (default: the file's out:)")] = None,
+              launcher: Annotated[Optional[str], typer.Option(help="override the file's launcher (local | slurm | pjm ...)")] = None,
+              dry_run: Annotated[bool, typer.Option("--dry-run", help="list the points and what is done, run nothing")] = False):
+    """Run (or submit) every point of a grid, skipping points with a finished bundle; end with the report."""
+    from kit.bundle import atomic_write
+    from kit.results import report, sweep
+
+    res = sweep.run_sweep(sweep_file, out=output, launcher=launcher, console=out, dry_run=dry_run)
+    if dry_run:
+        raise typer.Exit(EXIT_OK)
+    sw = sweep.load(sweep_file)
+    rep = sweep.summary_report(res, sw.job)
+    if rep is not None:
+        text = report.render(rep, "markdown")
+        out.print("", highlight=False)
+        out.print(text, highlight=False, markup=False)
+        atomic_write(res.out / f"REPORT-{sw.name}.md", text)
+        for s in rep.skipped:
+            err.print(f"note: {s}", highlight=False, markup=False)
+    states: dict[str, int] = {}
+    for r in res.rows:
+        states[r["state"]] = states.get(r["state"], 0) + 1
+    out.print("sweep: " + ", ".join(f"{n} {s}" for s, n in states.items()) + f"; results in {res.out}", highlight=False)
+    raise typer.Exit(res.exit_code)
+
+
+def reproduce_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory to re-run")],
+                  output: Annotated[Path, typer.Option("--out", help="results directory for the new bundle")] = Path("results"),
+                  tolerance: Annotated[float, typer.Option(help="relative tolerance for sec/it and TFLOPs")] = 0.25,
+                  mem_tolerance: Annotated[float, typer.Option(help="relative tolerance for peak memory")] = 0.25,
+                  loss_tolerance: Annotated[float, typer.Option(help="absolute tolerance for the final loss")] = 1e-3,
+                  launcher: Annotated[Optional[str], typer.Option(help="run with another launcher than recorded")] = None,
+                  force: Annotated[bool, typer.Option(help="run even when the environment does not match (still exit 4)")] = False):
+    """Re-run what a bundle describes and compare the new metrics with the old within a printed tolerance."""
+    from kit.results import reproduce
+
+    try:
+        r = reproduce.reproduce(bundle, out=output, tol=reproduce.Tolerance(tolerance, mem_tolerance, loss_tolerance),
+                                console=out, force=force, launcher=launcher)
+    except VerificationFailed as e:
+        _problems(e)
+    raise typer.Exit(r.exit_code)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bundle`` (sub-app), ``report``, ``compare``, ``sweep`` and ``reproduce`` to the main app."""
+    app.add_typer(bundle_app, name="bundle")
+    app.command("report")(report_cmd)
+    app.command("compare")(compare_cmd)
+    app.command("sweep")(sweep_cmd)
+    app.command("reproduce")(reproduce_cmd)

@@ -1,0 +1,202 @@
+"""``kit compare A B``: why one row is faster than another.
+
+Side by side, what differs between two bundles' provenance — the plan (recipe, presets,
+overrides, layout), each machine setting (requested, applied, seen), the image, the
+software (Python, torch, DeepSpeed, every package), the hardware and the environment — and
+how much each metric moved (B relative to A). Identical sections are summarized in one line;
+``--all`` shows them too. Exit codes: 0 (the comparison is information, not a verdict);
+2 bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kit.results.store import BundleDocs
+
+METRICS = ("sec_per_iter", "sec_per_iter_min", "sec_per_iter_max", "tflops", "tflops_per_rank", "est_aggr_pflops",
+           "samples_per_sec", "tokens_per_sec", "peak_mem_mib", "final_loss", "iterations_timed", "duration_s")
+LOWER_IS_BETTER = {"sec_per_iter", "sec_per_iter_min", "sec_per_iter_max", "peak_mem_mib", "duration_s", "final_loss"}
+PLAN_KEYS = ("recipe", "recipe_sha256", "presets", "preset_sha256", "overrides", "launcher", "runtime", "image", "nodes",
+             "world_size", "ranks_per_node", "threads_per_rank", "dp", "tp", "pp", "zero", "micro_batch", "global_batch")
+HOST_KEYS = ("hostname", "cpu_model", "arch", "physical_cores", "logical_cpus", "usable_cpus", "numa_nodes",
+             "memory_total_mib", "kernel", "os", "frequency.mhz")
+ENV_IGNORE = {"KIT_RUN_ID", "OLDPWD", "PWD", "SHLVL", "_"}
+
+
+@dataclass
+class Diff:
+    section: str
+    key: str
+    a: Any
+    b: Any
+
+
+@dataclass
+class MetricDelta:
+    name: str
+    a: float | None
+    b: float | None
+
+    @property
+    def change(self) -> float | None:
+        if self.a is None or self.b is None:
+            return None
+        return self.b - self.a
+
+    @property
+    def rel(self) -> float | None:
+        if self.a in (None, 0) or self.b is None:
+            return None
+        return (self.b - self.a) / abs(self.a)
+
+    def verdict(self) -> str:
+        r = self.rel
+        if r is None or abs(r) < 0.005:
+            return ""
+        better = (r < 0) if self.name in LOWER_IS_BETTER else (r > 0)
+        return "better" if better and self.name != "final_loss" else ("worse" if self.name != "final_loss" else "")
+
+
+@dataclass
+class Comparison:
+    a: BundleDocs
+    b: BundleDocs
+    diffs: list[Diff] = field(default_factory=list)
+    same: dict[str, int] = field(default_factory=dict)  # section -> number of identical keys
+    metrics: list[MetricDelta] = field(default_factory=list)
+
+    def sections(self) -> list[str]:
+        seen: list[str] = []
+        for d in self.diffs:
+            if d.section not in seen:
+                seen.append(d.section)
+        return seen
+
+
+def _get(d: dict[str, Any] | None, dotted: str) -> Any:
+    node: Any = d or {}
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _setting_text(s: dict[str, Any] | None) -> str:
+    if not s:
+        return "-"
+    if s.get("status") == "not-requested":
+        return "not requested"
+    text = f"{s.get('requested')} ({s.get('status')}"
+    if s.get("applied_by"):
+        text += f" by {s['applied_by']}"
+    text += ")"
+    seen = s.get("seen")
+    if isinstance(seen, dict) and "mhz" in seen:
+        seen = seen.get("mhz")
+    if seen not in (None, {}, ""):
+        text += f", seen {seen}"
+    if s.get("verified") is not None:
+        text += ", verified" if s["verified"] else ", NOT verified"
+    return text
+
+
+def _packages(sw: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for p in sw.get("packages") or []:
+        name, _, ver = p.partition("==")
+        out[name.lower()] = ver
+    return out
+
+
+def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
+    c = Comparison(a=a, b=b)
+
+    def add(section: str, key: str, va: Any, vb: Any) -> None:
+        if va == vb:
+            c.same[section] = c.same.get(section, 0) + 1
+        else:
+            c.diffs.append(Diff(section, key, va, vb))
+
+    pa, pb = a.provenance, b.provenance
+    add("run", "status", a.status, b.status)
+    for k in PLAN_KEYS:
+        add("plan", k, _get(pa, f"plan.{k}"), _get(pb, f"plan.{k}"))
+    sa = {s["name"]: s for s in _get(pa, "plan.settings") or []}
+    sb = {s["name"]: s for s in _get(pb, "plan.settings") or []}
+    for name in list(dict.fromkeys([*sa, *sb])):
+        add("settings", name, _setting_text(sa.get(name)), _setting_text(sb.get(name)))
+    ra, rb = pa.get("runtime") or {}, pb.get("runtime") or {}
+    for k in dict.fromkeys([*ra, *rb]):
+        add("image", k, ra.get(k), rb.get(k))
+    swa, swb = pa.get("software") or {}, pb.get("software") or {}
+    for k in ("python", "executable", "arch", "torch", "deepspeed", "torch_threads"):
+        add("software", k, swa.get(k), swb.get(k))
+    pka, pkb = _packages(swa), _packages(swb)
+    for name in sorted(set(pka) | set(pkb)):
+        add("packages", name, pka.get(name), pkb.get(name))
+    add("software", "torch_config", swa.get("torch_config"), swb.get("torch_config"))
+    for k in HOST_KEYS:
+        add("hardware", k, _get(pa, f"host.{k}"), _get(pb, f"host.{k}"))
+    isa_a, isa_b = set(_get(pa, "host.isa_features") or []), set(_get(pb, "host.isa_features") or [])
+    add("hardware", "isa_features", sorted(isa_a - isa_b) or None, sorted(isa_b - isa_a) or None)
+    alloc_a = sorted({str(r.get("allocator", {}).get("allocator")) for r in (a.metrics.get("ranks") or {}).values()})
+    alloc_b = sorted({str(r.get("allocator", {}).get("allocator")) for r in (b.metrics.get("ranks") or {}).values()})
+    add("settings", "allocator seen in ranks", ", ".join(alloc_a) or None, ", ".join(alloc_b) or None)
+    ea, eb = pa.get("environment") or {}, pb.get("environment") or {}
+    for k in sorted((set(ea) | set(eb)) - ENV_IGNORE):
+        add("environment", k, ea.get(k), eb.get(k))
+    for k in ("version", "git_commit", "git_dirty"):
+        add("kit", k, _get(pa, f"kit.{k}"), _get(pb, f"kit.{k}"))
+    for k in ("job_id",):
+        add("scheduler", k, _get(pa, f"job.{k}"), _get(pb, f"job.{k}"))
+    ma, mb = a.metrics.get("summary") or {}, b.metrics.get("summary") or {}
+    for k in METRICS:
+        if k in ma or k in mb:
+            c.metrics.append(MetricDelta(k, ma.get(k), mb.get(k)))
+    return c
+
+
+def _v(x: Any, width: int = 48) -> str:
+    s = "-" if x is None else (", ".join(map(str, x)) if isinstance(x, list) else str(x))
+    s = s.replace("\n", " ")
+    return s if len(s) <= width else s[: width - 1] + "…"
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.4e}"
+
+
+def render(c: Comparison, show_all: bool = False) -> str:
+    lines = [f"A: {c.a.id} ({c.a.status})  {c.a.path}", f"B: {c.b.id} ({c.b.status})  {c.b.path}", ""]
+    lines.append("== metrics (B vs A)")
+    lines.append(f"  {'metric':<18} {'A':>12} {'B':>12} {'change':>12} {'%':>8}")
+    for m in c.metrics:
+        rel = m.rel
+        lines.append(f"  {m.name:<18} {_num(m.a):>12} {_num(m.b):>12} {_num(m.change):>12} "
+                     f"{(f'{rel * 100:+.1f}%' if rel is not None else '-'):>8}  {m.verdict()}".rstrip())
+    order = ("run", "plan", "settings", "image", "software", "packages", "hardware", "environment", "kit", "scheduler")
+    for section in order:
+        ds = [d for d in c.diffs if d.section == section]
+        n_same = c.same.get(section, 0)
+        if not ds:
+            if show_all or section in ("plan", "settings", "image", "hardware"):
+                lines.append(f"== {section}: identical ({n_same} item(s))")
+            continue
+        lines.append(f"== {section}: {len(ds)} difference(s)" + (f", {n_same} identical" if n_same else ""))
+        w = max(len(d.key) for d in ds)
+        for d in ds:
+            lines.append(f"  {d.key:<{w}}  A: {_v(d.a)}")
+            lines.append(f"  {'':<{w}}  B: {_v(d.b)}")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(c: Comparison) -> dict[str, Any]:
+    return {"a": {"id": c.a.id, "path": str(c.a.path)}, "b": {"id": c.b.id, "path": str(c.b.path)},
+            "differences": [{"section": d.section, "key": d.key, "a": d.a, "b": d.b} for d in c.diffs],
+            "identical": c.same,
+            "metrics": [{"name": m.name, "a": m.a, "b": m.b, "change": m.change, "rel": m.rel} for m in c.metrics]}

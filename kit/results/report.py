@@ -1,0 +1,149 @@
+"""``kit report``: bundles as the sweep table (``shared/reference/fugaku-config-sweep.md``).
+
+Rows are grouped by model size and sequence length (``### 124M model, Sequence Length=1024``,
+``, \\w Activation Checkpointing`` when it is on), ordered as the table orders them (nodes,
+ranks per node, then the plain row, single settings — retention, frequency, allocator —
+then combinations; DP layouts before TP), with the preset written the way the table writes
+it, ``^^`` for a stalled run, ``-`` for what was not measured and the date (and job id) as
+the note. ``--format csv|json|markdown``; ``--plot DIR`` writes PNG charts.
+
+Bundles that do not verify or have not finished are left out, each with a warning line on
+stderr. Exit codes: 0 ok; 1 some bundles were left out (the table of the rest is printed);
+2 bad input (nothing found).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from kit import bundle as bundle_mod, table
+from kit.errors import KitError
+from kit.results import store
+
+FORMATS = ("markdown", "csv", "json")
+CSV_COLUMNS = ("group", "nodes", "label", "size", "seq", "dp", "tp", "pp", "mbs", "gbs", "mem_mib", "sec_per_iter",
+               "tflops", "est_aggr_pflops", "note", "status", "reason", "recipe", "presets", "overrides", "final_loss",
+               "date", "job_id", "id", "path")
+LEGEND = {
+    "^^": "^^ Stalled: no progress within the stall timeout (the run was stopped; see the bundle's reason)",
+    " (failed)": "(failed) The run failed; see the bundle's reason and logs/",
+    " (interrupted)": "(interrupted) The run was stopped before it finished",
+}
+
+
+@dataclass
+class Report:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # "path: why" for bundles left out
+
+    def groups(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in self.rows:
+            by[r["group"]].append(r)
+        order = sorted(by, key=lambda g: (by[g][0]["params"], by[g][0]["seq"] or 0, by[g][0]["checkpoint_activations"]))
+        return [(g, sorted(by[g], key=sort_key)) for g in order]
+
+
+def group_title(f: dict[str, Any]) -> str:
+    t = f"{f['size']} model, Sequence Length={f['seq']}"
+    if f["checkpoint_activations"]:
+        t += ", \\w Activation Checkpointing"
+    return t
+
+
+def sort_key(f: dict[str, Any]) -> tuple:
+    return (f["nodes"], f["ranks_per_node"], len(f["setting_order"]), f["setting_order"], f["tp"], f["pp"], -f["dp"],
+            f["created"], f["id"] or "")
+
+
+def fields_of(docs: store.BundleDocs) -> dict[str, Any]:
+    f = table.row_fields(docs.manifest, docs.metrics, docs.provenance)
+    f["group"] = group_title(f)
+    f["path"] = str(docs.path)
+    if docs.sweep:
+        f["sweep"] = docs.sweep.get("sweep")
+        f["point"] = docs.sweep.get("key")
+    return f
+
+
+def build(paths: Iterable[Path], *, verify: bool = True) -> Report:
+    """Rows for every finished bundle under ``paths``; unverified or unfinished ones are skipped with a reason."""
+    paths = list(paths)
+    found = store.find(paths)
+    if not found:
+        raise KitError("no bundles found", where=", ".join(str(p) for p in paths) or "(none given)",
+                       fix="name bundle directories or a results directory written by `kit run`/`kit sweep`")
+    rep = Report()
+    for p in found:
+        if verify:
+            v = bundle_mod.verify(p)
+            if not v.ok:
+                rep.skipped.append(f"{p}: left out: {v.problems[0]}" + (f" (+{len(v.problems) - 1} more)" if len(v.problems) > 1 else ""))
+                continue
+        try:
+            docs = store.load(p)
+            rep.rows.append(fields_of(docs))
+        except (KitError, KeyError, TypeError) as e:
+            rep.skipped.append(f"{p}: left out: {e}")
+    return rep
+
+
+def markdown(rep: Report) -> str:
+    out: list[str] = ["# Config Sweep", ""]
+    marks: set[str] = set()
+    stalled: list[str] = []
+    for title, rows in rep.groups():
+        out += [f"### {title}", table.HEADER]
+        for f in rows:
+            out.append(table.fields_row(f))
+            mark = table.STATUS_MARK.get(f["status"])
+            if f["status"] == "refused":
+                stalled.append(f"{f['label'] or 'plain'} DP {f['dp']} TP {f['tp']} PP {f['pp']}: {f['reason']}")
+            elif mark:
+                marks.add(mark)
+                stalled.append(f"{f['id']}: {f['status']}: {f['reason'] or 'no reason recorded'}")
+        out.append("")
+    if marks or rep.rows:
+        out.append("### Comments")
+        for mark in table.STATUS_MARK.values():
+            if mark in marks:
+                out.append(f"- {LEGEND[mark]}")
+        for s in stalled:
+            out.append(f"- {s}")
+        out.append("- `-`: not measured. Timing of runs that did not finish is not reported.")
+        recipes = sorted({r["recipe"] for r in rep.rows})
+        out.append(f"- Recipes: {', '.join(recipes)}; {len(rep.rows)} bundle(s).")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _plain(f: dict[str, Any]) -> dict[str, Any]:
+    return {k: (" ".join(v) if isinstance(v, list) and k in ("presets", "overrides") else v)
+            for k, v in f.items() if k in CSV_COLUMNS}
+
+
+def to_csv(rep: Report) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for _, rows in rep.groups():
+        for f in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in _plain(f).items()})
+    return buf.getvalue()
+
+
+def to_json(rep: Report) -> str:
+    rows = [{k: f.get(k) for k in (*CSV_COLUMNS, "ranks_per_node", "checkpoint_activations", "created", "sweep", "point")
+             if k in f} for _, g in rep.groups() for f in g]
+    return json.dumps({"rows": rows, "skipped": rep.skipped}, indent=2) + "\n"
+
+
+def render(rep: Report, fmt: str = "markdown") -> str:
+    if fmt not in FORMATS:
+        raise KitError(f"unknown format {fmt!r}", where="--format", fix=f"use one of: {', '.join(FORMATS)}")
+    return {"markdown": markdown, "csv": to_csv, "json": to_json}[fmt](rep)
