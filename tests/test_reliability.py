@@ -1,0 +1,139 @@
+"""Hangs, crashes, interrupts and bad input never lose a result.
+
+Every test here provokes the real failure: a rank that really stops calling collectives
+(the others block in gloo), a rank that exits non-zero or dies of SIGSEGV, a real SIGINT to
+`kit run`, the kit itself killed with SIGKILL mid-run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kit.bundle import read_manifest, verify
+from kit.recipe import DEFAULT_COMMAND
+from conftest import REPO, bundle_from_output, kit_cli, load
+
+pytestmark = pytest.mark.slow
+
+
+def fault_recipe(tmp_path: Path, fault: str, *, iters: int = 8, stall: float = 60, extra: dict | None = None) -> Path:
+    data = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    data["name"] = "tiny-fault"
+    data["train"].update(iters=iters, warmup_iters=1, stall_timeout_s=stall)
+    data["command"] = DEFAULT_COMMAND + ["--fault", fault]
+    data.update(extra or {})
+    p = tmp_path / "tiny-fault.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_hang_is_stopped_with_stacks_and_status_stalled(tmp_path):
+    recipe = fault_recipe(tmp_path, "hang@3:1", stall=8)
+    t0 = time.monotonic()
+    proc = kit_cli("run", str(recipe), "--preset", "baseline", "--set", "parallel.dp=2", "--out", str(tmp_path / "r"))
+    took = time.monotonic() - t0
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    bundle = bundle_from_output(proc.stdout)
+    m = read_manifest(bundle)
+    assert m.status == "stalled" and "no new iteration" in m.reason
+    assert verify(bundle).ok  # a stalled run is a finished, verifiable bundle
+    stacks = list((bundle / "logs" / "stacks").glob("rank*.py-spy.txt"))
+    assert len(stacks) == 2, stacks
+    text = {p.name: p.read_text() for p in stacks}
+    # rank 1 sleeps in the injected hang; rank 0 waits in a collective
+    assert "_inject" in text["rank1.py-spy.txt"] or "sleep" in text["rank1.py-spy.txt"]
+    assert "Thread" in text["rank0.py-spy.txt"]
+    summary = load(bundle, "metrics.json")["summary"]
+    assert summary["iterations_logged"] == 2  # what was measured before the hang is kept
+    assert took < 240
+    assert "^^" in proc.stdout  # the table's mark for a stalled run
+
+
+@pytest.mark.parametrize("kind,expect", [("crash", {"exit_code": 3}), ("segv", {"signal": signal.SIGSEGV.value})])
+def test_rank_failure_stops_the_others_and_is_recorded(tmp_path, kind, expect):
+    recipe = fault_recipe(tmp_path, f"{kind}@3:1")
+    proc = kit_cli("run", str(recipe), "--preset", "baseline", "--set", "parallel.dp=2", "--out", str(tmp_path / "r"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    bundle = bundle_from_output(proc.stdout)
+    m = read_manifest(bundle)
+    assert m.status == "failed" and "rank 1" in m.reason
+    assert verify(bundle).ok
+    ranks = load(bundle, "metrics.json")["ranks"]
+    for k, v in expect.items():
+        assert ranks["1"][k] == v, ranks
+    assert load(bundle, "metrics.json")["summary"]["iterations_logged"] >= 1
+    assert (bundle / "logs" / "launcher.log").stat().st_size > 0
+
+
+def _wait_for(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if needle in line:
+            return lines
+    raise AssertionError(f"{needle!r} not seen:\n{''.join(lines)}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_finalizes_the_bundle_quickly(tmp_path, sig):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--preset", "tuned", "--set", "train.iters=400",
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    _wait_for(proc, "iteration 2/", 300)
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    assert proc.returncode == 130, rest
+    assert took < 20, f"took {took:.1f}s to stop"
+    bundle = next(out.iterdir())
+    m = read_manifest(bundle)
+    assert m.status == "interrupted" and signal.Signals(sig).name in m.reason
+    assert verify(bundle).ok
+    assert load(bundle, "metrics.json")["summary"]["iterations_logged"] >= 2
+    # no rank outlives the kit
+    time.sleep(1)
+    left = subprocess.run(["pgrep", "-f", f"KIT_RUN_ID={m.id}"], capture_output=True, text=True).stdout
+    assert not any(_env_has(int(pid), m.id) for pid in _workload_pids()), left
+
+
+def _workload_pids() -> list[str]:
+    r = subprocess.run(["pgrep", "-f", "kit.workload"], capture_output=True, text=True)
+    return r.stdout.split()
+
+
+def _env_has(pid: int, run_id: str) -> bool:
+    try:
+        return f"KIT_RUN_ID={run_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+
+
+def test_kit_killed_mid_run_leaves_an_incomplete_bundle(tmp_path):
+    out = tmp_path / "r"
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--preset", "tuned", "--set", "train.iters=400",
+                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
+    _wait_for(proc, "iteration 1/", 300)
+    os.killpg(proc.pid, signal.SIGKILL)  # the kit and its ranks die without any chance to clean up
+    proc.wait(timeout=30)
+    bundle = next(out.iterdir())
+    v = verify(bundle)
+    assert not v.ok and v.status == "running"
+    assert "incomplete" in v.problems[0]
+    r = kit_cli("bundle", "verify", str(bundle))
+    assert r.returncode != 0 and "incomplete" in (r.stdout + r.stderr)
