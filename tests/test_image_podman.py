@@ -1,0 +1,138 @@
+"""Real images with podman: build the x86_64 image (tcmalloc), run the kit inside it.
+
+The build is shared by the whole session (one ``kit image build`` per session; podman's
+layer cache makes a rebuild with unchanged inputs take seconds). .ci/image.sh prepares
+the machine: podman settings for the sandbox, the local base image
+``localhost/kit-base:bookworm-amd64``; these tests skip, saying so, where that was not done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kit.image.recipe import RecipeOptions, render
+
+CACHE = Path(os.environ.get("KIT_CI_CACHE", "/var/cache/kit-ci"))
+BASE = {"amd64": "localhost/kit-base:bookworm-amd64", "arm64": "localhost/kit-base:bookworm-arm64"}
+REPO = Path(__file__).resolve().parents[1]
+
+
+def podman_ready(arch: str) -> str | None:
+    """None when podman can build for ``arch`` here, else why not."""
+    if not shutil.which("podman"):
+        return "podman is not installed (apt-get install podman; .ci/image.sh does it)"
+    if "CONTAINERS_CONF" not in os.environ and (CACHE / "containers.conf").is_file():
+        os.environ["CONTAINERS_CONF"] = str(CACHE / "containers.conf")
+    r = subprocess.run(["podman", "image", "exists", BASE[arch]], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"no base image {BASE[arch]} ({r.stderr.strip()[-200:]}): run .ci/image.sh / .ci/arm64.sh first"
+    return None
+
+
+def build_image(target: str, arch: str, wheelhouse: list[Path]) -> dict:
+    from kit.image import build as b
+
+    plan = b.prepare(RecipeOptions(target, True, base=BASE[arch]), engine="podman",
+                     context=CACHE / "ctx" / f"{target}-tcmalloc", wheelhouse=wheelhouse,
+                     pip_cache=CACHE / "pip")
+    return b.run(plan)
+
+
+def kit_run(*args: str, cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kit", "run", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def only_bundle(out: Path) -> Path:
+    bundles = [p for p in out.iterdir() if p.is_dir()]
+    assert len(bundles) == 1, bundles
+    return bundles[0]
+
+
+@pytest.fixture(scope="session")
+def x86_image():
+    why = podman_ready("amd64")
+    if why:
+        pytest.skip(why)
+    wh = [Path(p) for p in os.environ.get("KIT_WHEELHOUSE", "/opt/wheels").split(os.pathsep)]
+    return build_image("x86_64", "amd64", wh)
+
+
+@pytest.mark.podman
+def test_x86_image_labels_and_digest(x86_image):
+    info = x86_image
+    r = render(RecipeOptions("x86_64", True, base=BASE["amd64"]))
+    for k, v in r.labels.items():
+        assert info["labels"].get(k) == v, k
+    assert info["labels"]["org.kit.source.sha256"] == info["build"]["source_sha256"]
+    assert info["digest"].startswith("sha256:") and info["arch"] == "amd64"
+    # building again from the same inputs: same labels (and, layers cached, same image)
+    again = build_image("x86_64", "amd64", [Path(info["build"]["wheel"]).parent])
+    if again["build"]["source_sha256"] != info["build"]["source_sha256"]:
+        pytest.skip("the kit's source changed between the two builds (someone edited kit/ meanwhile)")
+    assert again["labels"] == info["labels"]
+    assert again["digest"] == info["digest"]
+
+
+@pytest.mark.podman
+def test_x86_image_cli_inspect(x86_image):
+    out = subprocess.run([sys.executable, "-m", "kit", "image", "inspect", x86_image["ref"]], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["digest"] == x86_image["digest"] and data["labels"]["org.kit.target"] == "x86_64"
+
+
+@pytest.mark.podman
+def test_tcmalloc_preloaded_inside_and_seen_from_host(x86_image, tmp_path):
+    from kit import runtimes
+    from kit.allocator import mapped_allocator
+
+    rt = runtimes.get("podman", image=x86_image["ref"])
+    assert rt.find_tcmalloc() == "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4"
+    argv = rt.wrap(["sh", "-c", "python3 -c 'import time; time.sleep(8)' & wait"],
+                   {"LD_PRELOAD": "/somewhere/on/the/host/libtcmalloc.so"}, cwd=tmp_path, binds=[tmp_path])
+    proc = subprocess.Popen(argv)
+    try:
+        roots = rt.process_roots(proc)
+        assert roots[0].pid != proc.pid, "the container's init process, not podman run"
+        import time
+        for _ in range(50):
+            kids = [k for k in roots[0].children(recursive=True) if "python3" in k.name()]
+            if kids:
+                break
+            time.sleep(0.2)
+        assert kids
+        seen = mapped_allocator(kids[0].pid)
+        assert seen["allocator"] == "tcmalloc", seen
+    finally:
+        proc.wait(timeout=60)
+        rt.close()
+    d = rt.describe()
+    assert d["digest"] == x86_image["digest"] and d["inside"]["machine"] == "x86_64"
+    sw = rt.inspect_software()
+    assert sw["torch"].startswith("2.13.0") and sw["arch"] == "x86_64", sw
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_kit_run_tiny_tuned_inside_image(x86_image, tmp_path):
+    r = kit_run("tiny", "--preset", "tuned", "--runtime", "podman", "--image", x86_image["ref"],
+                "--set", "train.iters=6", "--set", "train.warmup_iters=2", "--out", str(tmp_path / "results"),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    bundle = only_bundle(tmp_path / "results")
+    prov = json.loads((bundle / "provenance.json").read_text())
+    assert prov["runtime"]["runtime"] == "podman"
+    assert prov["runtime"]["digest"] == x86_image["digest"]
+    assert prov["runtime"]["labels"]["org.kit.tcmalloc"] == "libgoogle-perftools4"
+    assert prov["software"]["executable"].startswith("/opt/kit/venv/")
+    alloc = next(s for s in prov["plan"]["settings"] if s["name"] == "allocator")
+    assert alloc["verified"] is True and set(alloc["seen"].values()) == {"tcmalloc"}, alloc
