@@ -159,7 +159,7 @@ def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
     return c
 
 
-def _v(x: Any, width: int = 48) -> str:
+def _v(x: Any, width: int = 72) -> str:
     s = "-" if x is None else (", ".join(map(str, x)) if isinstance(x, list) else str(x))
     s = s.replace("\n", " ")
     return s if len(s) <= width else s[: width - 1] + "…"

@@ -57,5 +57,6 @@ def plot(rep: Report, out_dir: Path) -> list[Path]:
         fig.savefig(buf, format="png", dpi=100)
         plt.close(fig)
         atomic_write(out_dir / fname, buf.getvalue())
+        (out_dir / fname).chmod(0o644)
         written.append(out_dir / fname)
     return written

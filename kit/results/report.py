@@ -104,7 +104,7 @@ def markdown(rep: Report) -> str:
             out.append(table.fields_row(f))
             mark = table.STATUS_MARK.get(f["status"])
             if f["status"] == "refused":
-                stalled.append(f"{f['label'] or 'plain'} DP {f['dp']} TP {f['tp']} PP {f['pp']}: {f['reason']}")
+                stalled.append(f"{f['label'] or 'plain'} DP {f['dp']} TP {f['tp']} PP {f['pp']}: not run: {f['reason']}")
             elif mark:
                 marks.add(mark)
                 stalled.append(f"{f['id']}: {f['status']}: {f['reason'] or 'no reason recorded'}")
@@ -118,7 +118,7 @@ def markdown(rep: Report) -> str:
             out.append(f"- {s}")
         out.append("- `-`: not measured. Timing of runs that did not finish is not reported.")
         recipes = sorted({r["recipe"] for r in rep.rows})
-        out.append(f"- Recipes: {', '.join(recipes)}; {len(rep.rows)} bundle(s).")
+        out.append(f"- Recipes: {', '.join(recipes)}; {len(rep.rows)} row(s).")
     return "\n".join(out).rstrip() + "\n"
 
 

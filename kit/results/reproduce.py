@@ -167,7 +167,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
     pf = preflight(docs, plan)
     res = Reproduction(original=bundle, exit_code=EXIT_OK, preflight=pf)
     console.print(f"reproducing {docs.id}: {plan.recipe_name} [{'+'.join(plan.preset_names)}]"
-                  + (f" --set {' --set '.join(plan.overrides)}" if plan.overrides else ""), highlight=False)
+                  + (f" --set {' --set '.join(plan.overrides)}" if plan.overrides else ""), highlight=False, markup=False)
     for n in pf.notes:
         console.print(f"note: {n}", highlight=False, markup=False)
     for m in pf.mismatches:
@@ -175,9 +175,9 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
     if pf.mismatches and not force:
         res.exit_code = EXIT_ENV_MISMATCH
         res.message = "not run: the environment could not be matched (--force runs anyway)"
-        console.print(res.message, highlight=False)
+        console.print(res.message, highlight=False, markup=False)
         return res
-    console.print(f"tolerance: {tol.describe()}", highlight=False)
+    console.print(f"tolerance: {tol.describe()}", highlight=False, markup=False)
     outcome = runner.run(plan, out, console, extra_files={REPRODUCE_FILE: {
         "original": docs.id, "original_path": str(bundle.resolve()),
         "original_manifest_sha256": bundle_mod.sha256_file(bundle / bundle_mod.MANIFEST)[0],
@@ -198,7 +198,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
     if old_digest and new_digest != old_digest:
         pf.mismatches.append(f"image: the run used digest {new_digest}, the bundle ran {old_digest}")
     res.checks = compare_metrics(docs.metrics.get("summary") or {}, new_docs.metrics.get("summary") or {}, tol)
-    console.print(f"\n  {'metric':<14} {'original':>12} {'new':>12} {'change':>8}  {'tolerance':<12} verdict", highlight=False)
+    console.print(f"\n  {'metric':<14} {'original':>12} {'new':>12} {'change':>8}  {'tolerance':<12} verdict", highlight=False, markup=False)
     for c in res.checks:
         console.print(c.line(), highlight=False, markup=False)
     differs = [c.name for c in res.checks if c.ok is False]

@@ -59,7 +59,7 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"sweep    {s['sweep'].get('sweep')} point {s['sweep'].get('key')} ({s['sweep'].get('layout')})")
     lines.append("settings")
     lines += [f"  {k:<17} {v}" for k, v in s["settings"].items()]
-    lines.append("metrics  " + kv({k: (round(v, 5) if isinstance(v, float) else v) for k, v in s["metrics"].items()}))
+    lines.append("metrics  " + kv({k: (float(f"{v:.5g}") if isinstance(v, float) else v) for k, v in s["metrics"].items()}))
     lines += ["row", table.HEADER, s["row"]]
     lines.append(f"files    {s['files']} ({s['bytes'] / 1024:.1f} KiB), "
                  + ("verified: every checksum matches" if s["verified"] else f"DOES NOT VERIFY ({len(s['problems'])} problem(s))"))

@@ -249,7 +249,7 @@ def run_point_inprocess(point: Point, out: Path, record: dict[str, Any], console
         return "invalid", None, str(e)
     bad = known_bad.check(plan)
     if bad and not force:
-        return "refused", None, f"not run: known to hang or fail: {known_bad.message(bad)}"
+        return "refused", None, f"known to hang or fail: {known_bad.message(bad)}"
     outcome = runner.run(plan, out, console, extra_files={SWEEP_FILE: record})
     return outcome.status, outcome.bundle.path, outcome.reason
 
@@ -295,15 +295,15 @@ def run_sweep(sweep_path: Path, *, out: Path | None = None, launcher: str | None
             claim = state_pt.get("claim")
             if st == "done":
                 res.rows.append({"key": key, "title": p.title(), "state": "ok", "bundle": str(b), "skipped": True})
-                console.print(f"{head}: done, skipped ({b.name})", highlight=False)
+                console.print(f"{head}: done, skipped ({b.name})", highlight=False, markup=False)
                 continue
             if st == "submitted":
                 res.rows.append({"key": key, "title": p.title(), "state": "submitted", "bundle": str(b), "skipped": True})
-                console.print(f"{head}: submitted, waiting for the job ({b.name}); skipped", highlight=False)
+                console.print(f"{head}: submitted, waiting for the job ({b.name}); skipped", highlight=False, markup=False)
                 continue
             if claim and claim != me and _alive(claim):
                 res.rows.append({"key": key, "title": p.title(), "state": "running elsewhere", "bundle": None, "skipped": True})
-                console.print(f"{head}: running in another process ({claim['host']}:{claim['pid']}); skipped", highlight=False)
+                console.print(f"{head}: running in another process ({claim['host']}:{claim['pid']}); skipped", highlight=False, markup=False)
                 continue
             if dry_run:
                 what = _dry_check(p, sw)
@@ -313,7 +313,7 @@ def run_sweep(sweep_path: Path, *, out: Path | None = None, launcher: str | None
                 continue
             state["points"][key] = {**state_pt, **p.identity(), "layout": p.layout,
                                     "claim": {**me, "since": time.time()}}
-        console.print(f"{head}: running", highlight=False)
+        console.print(f"{head}: running", highlight=False, markup=False)
         record = {"sweep": sw.name, "sweep_file": str(sweep_path), "sweep_sha256": sweep_sha, "key": key,
                   "layout": p.layout, "point": p.identity()}
         try:
