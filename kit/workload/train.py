@@ -269,6 +269,31 @@ def _make_optimizer(model, a: Args, cuda: bool):
     raise RuntimeError("cannot build AdamW")  # pragma: no cover
 
 
+def _clip_grad_norm(params, max_norm: float, tp_rank: int, mp_group, mp_size: int) -> float:
+    """Megatron's clip_grad_norm: each gradient counted once across TP and PP, then clipped.
+
+    A TP-replicated parameter counts on TP rank 0 only; a pipeline-tied copy
+    (``ds_pipe_replicated``) is skipped. Data-parallel peers hold identical gradients.
+    """
+    import torch
+    import torch.distributed as dist
+
+    grads = [p.grad for p in params if p.grad is not None]
+    counted = [p.grad for p in params if p.grad is not None
+               and (tp_rank == 0 or getattr(p, "tensor_model_parallel", False))
+               and not getattr(p, "ds_pipe_replicated", False)]
+    sq = torch.zeros((), dtype=torch.float32, device=grads[0].device if grads else "cpu")
+    for g in counted:
+        sq += g.detach().float().pow(2).sum()
+    if mp_size > 1:
+        dist.all_reduce(sq, group=mp_group)
+    norm = float(sq.sqrt())
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        torch._foreach_mul_(grads, coef)
+    return norm
+
+
 def run(a: Args) -> int:
     source, cuda = _setup_env()
     world = int(os.environ["WORLD_SIZE"])
@@ -338,12 +363,13 @@ def run(a: Args) -> int:
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, mpu=mpu)
     if a.zero == 0:
-        from deepspeed.runtime.utils import clip_grad_norm_
-
         params = [p for grp in optimizer.param_groups for p in grp["params"]]
+        # model-parallel peers (same DP index): the TP group, or the pipe engine's pp*tp group
+        mp_group = engine.mpu.get_model_parallel_group() if a.pp > 1 else ps.tp_group
+        mp_size = a.pp * a.tp
 
         def _clip_hook(opt, _args, _kwargs):
-            opt._global_grad_norm = float(clip_grad_norm_(params, 1.0, mpu=engine.mpu))
+            opt._global_grad_norm = _clip_grad_norm(params, 1.0, ps.tp_rank, mp_group, mp_size)
 
         optimizer.register_step_pre_hook(_clip_hook)
 
