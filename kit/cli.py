@@ -78,7 +78,10 @@ def run(
 def _print_dry_run(plan: plan_mod.Plan) -> None:
     from kit import launchers
 
+    from kit import known_bad
+
     launcher = launchers.get(plan.launcher)
+    known_bad.warn(plan, console)
     if launcher.batch:
         console.print(launcher.render(plan, Path("results") / "<bundle-id>"), highlight=False, markup=False)
         return
@@ -91,6 +94,37 @@ def job_run(bundle: Annotated[Path, typer.Argument(help="bundle directory made a
     from kit.jobs import run_inside_job
 
     raise typer.Exit(run_inside_job(bundle, console))
+
+
+@app.command()
+def status(bundle: Annotated[Path, typer.Argument(help="bundle directory of a batch run")]):
+    """A batch run's state: the bundle's status and, until it is final, the job manager's."""
+    from kit.jobs import status as job_status
+
+    raise typer.Exit(job_status(bundle, console))
+
+
+@app.command()
+def collect(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory of a batch run")],
+    wait: Annotated[bool, typer.Option(help="wait for the job to end first")] = False,
+):
+    """Finalize a batch run's bundle once its job has ended (also when it was killed or timed out).
+
+    Exit codes as for `kit run`; 4 when the job has not ended yet.
+    """
+    from kit import jobs
+
+    out = jobs.wait(bundle, console) if wait else jobs.collect(bundle, console)
+    raise typer.Exit(out if isinstance(out, int) else out.exit_code)
+
+
+@app.command("job-monitor", hidden=True)
+def job_monitor(bundle: Annotated[Path, typer.Argument()], head: Annotated[Optional[str], typer.Option()] = None):
+    """Inside a multi-node job: watch this node's ranks into monitor/<host>.json until stopped."""
+    from kit.jobs import monitor_node
+
+    raise typer.Exit(monitor_node(bundle, head=head))
 
 
 @app.command()

@@ -132,7 +132,7 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
         raise KitError(f"runtime {runtime} needs an image", where="--image", fix="pass --image REF (see `kit image build`)")
     launch = launchers.get(launcher)
 
-    cores = cores_per_node or hostinfo.usable_cores()
+    cores = cores_per_node or launch.cores_per_node() or hostinfo.usable_cores()
     threads = preset.threads_per_rank or max(1, cores // rpn)
 
     env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}

@@ -1,10 +1,24 @@
 """Who am I in the job: map each launcher's rank variables to RANK/WORLD_SIZE/LOCAL_RANK.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT itself.
-srun sets SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID; OpenMPI and Fujitsu MPI (an OpenMPI
-derivative) set OMPI_COMM_WORLD_RANK/SIZE/LOCAL_RANK/LOCAL_SIZE. DeepSpeed reads neither
-of the latter itself (without RANK it falls back to mpi4py discovery), so the workload
-calls :func:`resolve` before initialising torch.distributed.
+The others, in the order they are tried:
+
+- ``slurm`` (srun): SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_STEP_TASKS_PER_NODE
+  (``2(x3)`` and ``2,1`` forms keep their first number). SLURM_PROCID is also set in a batch
+  script's own environment, so a process counts as an srun rank only with SLURM_STEP_ID
+  or SLURM_STEPID present and not ``batch``.
+- ``mpi`` (OpenMPI, and Fujitsu MPI, an Open MPI derivative): OMPI_COMM_WORLD_RANK / SIZE /
+  LOCAL_RANK / LOCAL_SIZE.
+- ``fjmpi`` (Fujitsu MPI under PJM, when the OMPI_COMM_WORLD_* names are absent): the rank
+  from PMIX_RANK (or OMPI_MCA_orte_ess_vpid), the world size from PJM_MPI_PROC (the job's
+  ``--mpi proc=``), the node-local rank from PLE_RANK_ON_NODE (or FLIB_RANK_ON_NODE /
+  OMPI_PLE_RANK_ON_NODE), ranks per node from PJM_PROC_BY_NODE.
+- ``pmix`` (other PMIx launchers): PMIX_RANK with OMPI_UNIVERSE_SIZE, MPI_LOCALRANKID.
+
+DeepSpeed reads none of the latter itself (without RANK it falls back to mpi4py discovery),
+so the workload calls :func:`resolve` before initialising torch.distributed. MASTER_ADDR /
+MASTER_PORT are set by the launcher that starts the ranks (kit.launchers.mpirun/srun);
+the 127.0.0.1:29500 defaults here only serve a single process or a one-node run.
 """
 
 from __future__ import annotations
@@ -12,24 +26,42 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 
-_SOURCES: list[tuple[str, dict[str, str]]] = [
-    ("torchrun", {"RANK": "RANK", "WORLD_SIZE": "WORLD_SIZE", "LOCAL_RANK": "LOCAL_RANK",
-                  "LOCAL_WORLD_SIZE": "LOCAL_WORLD_SIZE"}),
-    ("slurm", {"RANK": "SLURM_PROCID", "WORLD_SIZE": "SLURM_NTASKS", "LOCAL_RANK": "SLURM_LOCALID",
-               "LOCAL_WORLD_SIZE": "SLURM_NTASKS_PER_NODE"}),
-    ("mpi", {"RANK": "OMPI_COMM_WORLD_RANK", "WORLD_SIZE": "OMPI_COMM_WORLD_SIZE",
-             "LOCAL_RANK": "OMPI_COMM_WORLD_LOCAL_RANK",
-             "LOCAL_WORLD_SIZE": "OMPI_COMM_WORLD_LOCAL_SIZE"}),
-    ("pmix", {"RANK": "PMIX_RANK", "WORLD_SIZE": "OMPI_UNIVERSE_SIZE", "LOCAL_RANK": "MPI_LOCALRANKID",
-              "LOCAL_WORLD_SIZE": "MPI_LOCALNRANKS"}),
+# target -> candidate variables, first present wins
+_SOURCES: list[tuple[str, dict[str, tuple[str, ...]]]] = [
+    ("torchrun", {"RANK": ("RANK",), "WORLD_SIZE": ("WORLD_SIZE",), "LOCAL_RANK": ("LOCAL_RANK",),
+                  "LOCAL_WORLD_SIZE": ("LOCAL_WORLD_SIZE",)}),
+    ("slurm", {"RANK": ("SLURM_PROCID",), "WORLD_SIZE": ("SLURM_NTASKS", "SLURM_NPROCS"),
+               "LOCAL_RANK": ("SLURM_LOCALID",), "LOCAL_WORLD_SIZE": ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")}),
+    ("mpi", {"RANK": ("OMPI_COMM_WORLD_RANK",), "WORLD_SIZE": ("OMPI_COMM_WORLD_SIZE",),
+             "LOCAL_RANK": ("OMPI_COMM_WORLD_LOCAL_RANK",), "LOCAL_WORLD_SIZE": ("OMPI_COMM_WORLD_LOCAL_SIZE",)}),
+    ("fjmpi", {"RANK": ("PMIX_RANK", "OMPI_MCA_orte_ess_vpid"), "WORLD_SIZE": ("PJM_MPI_PROC",),
+               "LOCAL_RANK": ("PLE_RANK_ON_NODE", "FLIB_RANK_ON_NODE", "OMPI_PLE_RANK_ON_NODE"),
+               "LOCAL_WORLD_SIZE": ("PJM_PROC_BY_NODE",)}),
+    ("pmix", {"RANK": ("PMIX_RANK",), "WORLD_SIZE": ("OMPI_UNIVERSE_SIZE",), "LOCAL_RANK": ("MPI_LOCALRANKID",),
+              "LOCAL_WORLD_SIZE": ("MPI_LOCALNRANKS",)}),
 ]
+MAPPINGS = dict(_SOURCES)
+
+
+def _first(env: MutableMapping[str, str], names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if n in env and env[n] != "":
+            return env[n]
+    return None
+
+
+def _is_srun_task(env: MutableMapping[str, str]) -> bool:
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))
+    return step is not None and step not in ("batch", "extern", "4294967294", "4294967295")
 
 
 def detect(environ: MutableMapping[str, str] | None = None) -> str | None:
     """Name of the launcher whose rank variables are present, or None for a single process."""
     env = os.environ if environ is None else environ
     for name, mapping in _SOURCES:
-        if mapping["RANK"] in env and mapping["WORLD_SIZE"] in env:
+        if name == "slurm" and not _is_srun_task(env):
+            continue
+        if _first(env, mapping["RANK"]) is not None and _first(env, mapping["WORLD_SIZE"]) is not None:
             return name
     return None
 
@@ -48,10 +80,10 @@ def resolve(environ: MutableMapping[str, str] | None = None) -> str:
         env.setdefault("LOCAL_WORLD_SIZE", "1")
         source = "single"
     else:
-        mapping = dict(_SOURCES)[source]
-        for target, var in mapping.items():
-            if var in env:
-                env.setdefault(target, env[var].split("(")[0])
+        for target, names in MAPPINGS[source].items():
+            value = _first(env, names)
+            if value is not None:
+                env.setdefault(target, value.split("(")[0].split(",")[0])
         env.setdefault("LOCAL_RANK", "0")
         env.setdefault("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])
     env.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -26,6 +26,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,13 @@ def write_inputs(b: Bundle, plan: Plan) -> None:
 def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, Any] | None = None) -> Outcome:
     """``extra_files``: JSON documents written into the bundle with its inputs (e.g. a sweep's
     ``sweep.json`` with the point key), so they are checksummed with the rest."""
+    from kit import known_bad
+
+    seen_bad = known_bad.enforce(plan, console)  # KitError unless --force
     b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name)
     write_inputs(b, plan)
+    if seen_bad:
+        b.write_json("known_bad.json", {"forced": True, "matches": seen_bad})
     for name, doc in (extra_files or {}).items():
         b.write_json(name, doc)
     launcher = launchers.get(plan.launcher)
@@ -141,8 +147,13 @@ def dump_stacks(pids: dict[int, int], out: Path, *, faulthandler_signal: bool) -
 
 
 def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | None = None,
-            extra_provenance: dict[str, Any] | None = None, job_script: Path | None = None) -> Outcome:
-    """Start and watch the ranks of ``plan`` from here; finalize ``b`` whatever happens."""
+            extra_provenance: dict[str, Any] | None = None, job_script: Path | None = None,
+            remote_monitors: Callable[[], list[dict[str, Any]]] | None = None) -> Outcome:
+    """Start and watch the ranks of ``plan`` from here; finalize ``b`` whatever happens.
+
+    ``remote_monitors``: called once the ranks have ended, returns the monitor snapshots of
+    the job's other nodes (``kit job-monitor``), merged with this node's.
+    """
     launcher = launchers.get(launcher_name or plan.launcher)
     rt = runtimes.get(plan.runtime, image=plan.image)
     cwd = Path.cwd()
@@ -182,7 +193,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
 
                 def follow():
                     assert proc.stdout is not None
-                    for line in proc.stdout:
+                    for line in launcher.output(proc, b.logs):
                         log.write(line)
                         rec = parse_line(line)
                         if rec is not None:
@@ -232,7 +243,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
             status, reason = "failed", f"ended after iteration {records[-1].iteration} of {expected}"
         elif not records:
             status, reason = "failed", "the training command logged no iteration (see logs/launcher.log)"
-    return finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=[monitor.snapshot()],
+    return finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=[monitor.snapshot(), *(remote_monitors() if remote_monitors else [])],
                     rank_failures=rank_failures, launcher_rc=rc, argv=argv, kit_env=kit_env, env=env,
                     started=started, duration=duration, stacks=stacks, console=console,
                     extra_provenance=extra_provenance)

@@ -17,6 +17,7 @@ workstation applies neither, and the plan records that instead of pretending.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -68,6 +69,18 @@ class Launcher(abc.ABC):
     def failures(self, log_text: str) -> dict[int, dict[str, object]]:
         """Per-rank exit codes/signals the launcher reported in its output, if any."""
         return {}
+
+    def output(self, proc, log_dir: Path) -> Iterator[str]:
+        """The ranks' output, line by line, as the kit follows it (default: the launcher's stdout).
+
+        Fujitsu's ``mpiexec -std-proc`` writes each rank to its own file instead.
+        """
+        assert proc.stdout is not None
+        yield from proc.stdout
+
+    def cores_per_node(self) -> int | None:
+        """Cores of one allocated node, where the launcher knows better than this host (PJM: 48)."""
+        return None
 
     # -- batch launchers ------------------------------------------------------------------
     def render(self, plan: "Plan", bundle_dir: Path) -> str:

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# A one-node Slurm cluster for CI and tests: munge + slurmctld + slurmd on this machine.
+#
+#   .ci/slurm.sh start [DIR]   start (or reuse) the cluster; prints `export SLURM_CONF=DIR/slurm.conf`
+#   .ci/slurm.sh stop  [DIR]   stop the daemons this script started (by pid)
+#   .ci/slurm.sh status [DIR]  exit 0 when the controller answers and the node is idle/allocated
+#
+# DIR defaults to $KIT_SLURM_DIR or /tmp/kit-slurm. Needs root (SlurmUser=root, munged runs
+# as user munge) and the Debian packages slurm-wlm and munge. The hostname is not
+# resolvable as a node name here, so slurmd runs with `-N localhost`.
+# Idempotent: `start` on a running cluster only prints the SLURM_CONF line.
+set -euo pipefail
+
+cmd=${1:-start}
+DIR=${2:-${KIT_SLURM_DIR:-/tmp/kit-slurm}}
+CONF=$DIR/slurm.conf
+
+log() { echo "slurm.sh: $*" >&2; }
+
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+munge_ok() { command -v munge >/dev/null && munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+start_munge() {
+    if munge_ok; then return 0; fi
+    mkdir -p /run/munge /var/log/munge /var/lib/munge
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    if [[ ! -s /etc/munge/munge.key ]]; then
+        log "creating /etc/munge/munge.key"
+        mkdir -p /etc/munge
+        dd if=/dev/urandom of=/etc/munge/munge.key bs=1024 count=1 status=none
+        chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+    fi
+    runuser -u munge -- /usr/sbin/munged
+    for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
+    munge_ok || { log "munged did not start"; exit 1; }
+    pgrep -u munge -x munged | head -1 >"$DIR/munged.pid" || true
+    touch "$DIR/munged.ours"
+}
+
+write_conf() {
+    local cpus mem
+    cpus=$(nproc)
+    mem=$(awk '/MemTotal/ {printf "%d", $2/1024*0.85}' /proc/meminfo)
+    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+    cat >"$CONF" <<EOF
+# one-node test cluster written by .ci/slurm.sh
+ClusterName=kitci
+SlurmctldHost=localhost
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$DIR/slurmctld.pid
+SlurmdPidFile=$DIR/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+SlurmctldPort=${KIT_SLURMCTLD_PORT:-6817}
+SlurmdPort=${KIT_SLURMD_PORT:-6818}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+SchedulerType=sched/builtin
+MinJobAge=3600
+KillWait=10
+InactiveLimit=0
+NodeName=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+ready() {
+    SLURM_CONF=$CONF scontrol ping 2>/dev/null | grep -q UP &&
+        SLURM_CONF=$CONF sinfo -h -N -o %t 2>/dev/null | grep -Eq '^(idle|alloc|mix)'
+}
+
+start() {
+    [[ $(id -u) == 0 ]] || { log "needs root"; exit 1; }
+    command -v slurmctld >/dev/null || { log "slurmctld not installed (apt-get install slurm-wlm munge)"; exit 1; }
+    mkdir -p "$DIR"
+    if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && ready; then
+        echo "export SLURM_CONF=$CONF"
+        return 0
+    fi
+    start_munge
+    [[ -f $CONF ]] || write_conf
+    alive "$DIR/slurmctld.pid" || slurmctld -f "$CONF"
+    alive "$DIR/slurmd.pid" || slurmd -f "$CONF" -N localhost
+    for _ in $(seq 100); do ready && break; sleep 0.2; done
+    if ! ready; then
+        # a node left DOWN by an earlier run: bring it back
+        SLURM_CONF=$CONF scontrol update NodeName=localhost State=RESUME 2>/dev/null || true
+        for _ in $(seq 50); do ready && break; sleep 0.2; done
+    fi
+    if ! ready; then
+        log "cluster did not come up; see $DIR/log/"
+        tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
+        exit 1
+    fi
+    echo "export SLURM_CONF=$CONF"
+}
+
+stop() {
+    local f
+    for f in slurmd slurmctld; do
+        if alive "$DIR/$f.pid"; then
+            kill "$(cat "$DIR/$f.pid")" || true
+        fi
+    done
+    for _ in $(seq 50); do
+        alive "$DIR/slurmd.pid" || alive "$DIR/slurmctld.pid" || break
+        sleep 0.1
+    done
+    if [[ -f $DIR/munged.ours ]] && alive "$DIR/munged.pid"; then
+        kill "$(cat "$DIR/munged.pid")" || true
+        rm -f "$DIR/munged.ours"
+    fi
+}
+
+case $cmd in
+    start) start ;;
+    stop) stop ;;
+    status) ready ;;
+    *) echo "usage: $0 start|stop|status [DIR]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,410 @@
+"""Batch jobs (Slurm, PJM): submit, run inside the job, follow, and collect.
+
+The life of a batch run, all in one bundle directory::
+
+    kit run --launcher slurm|pjm     bundle made; plan.json, job/job.sh written; sbatch/pjsub;
+                                     job/job.json holds the job id; manifest status "submitted"
+      (in the job) kit job-run B     status "running"; the ranks start with the inner launcher
+                                     (srun / mpiexec), are watched on every node, and the bundle
+                                     is finalized with the job id, node list, scheduler
+                                     variables and the job script in provenance["job"]
+      (other nodes) kit job-monitor  one monitor per further node, writing monitor/<host>.json,
+                                     merged by job-run when the ranks end
+    kit status B                     the job's state (pending/running/ended) and the bundle's
+    kit collect B                    after the job: folds in the scheduler's output/statistics
+                                     files; if the job died before the kit could finalize
+                                     (killed, time limit, node failure), finalizes the bundle as
+                                     interrupted/failed with the scheduler's reason, keeping the
+                                     partial logs and whatever iterations were logged
+
+``kit run --wait`` polls the job and collects it when it ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from kit import bundle as bundle_mod, hostinfo, launchers, runtimes
+from kit.bundle import FINAL_STATUSES, Bundle
+from kit.errors import KitError
+from kit.launchers import JobState, Launcher
+from kit.plan import Plan, load as load_plan
+
+JOB_SCRIPT = "job/job.sh"
+JOB_JSON = "job/job.json"
+MONITOR_DIR = "monitor"
+EXIT_NOT_ENDED = 4  # kit collect: the job has not ended yet
+POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
+#: files the job manager writes into the bundle's logs, possibly after the kit finalized it
+SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats))$")
+
+
+# -- submission -----------------------------------------------------------------------------
+def submit(plan: Plan, b: Bundle, launcher: Launcher, console: Console):
+    """Write the job script into the bundle, submit it, record the job id; wait if asked."""
+    from kit.runner import Outcome
+
+    path = b.path.resolve()
+    script_text = launcher.render(plan, path)
+    script = b.write_text(JOB_SCRIPT, script_text)
+    script.chmod(0o755)
+    try:
+        job_id = launcher.submit(script)
+    except KitError:
+        shutil.rmtree(b.path, ignore_errors=True)  # nothing ran: leave no half bundle behind
+        raise
+    job = {"launcher": launcher.name, "inner": launcher.inner, "job_id": job_id, "script": JOB_SCRIPT,
+           "submitted": bundle_mod.now_iso(), "submit_host": socket.gethostname(), "cwd": str(Path.cwd())}
+    b.write_json(JOB_JSON, job)
+    reason = f"{launcher.name} job {job_id} submitted"
+    b.set_status("submitted", reason)
+    console.print(f"submitted {launcher.name} job {job_id}", highlight=False)
+    console.print(f"bundle: {b.path}", highlight=False, soft_wrap=True)
+    if not plan.job.wait:
+        console.print(f"follow it with `kit status {b.path}`; `kit collect {b.path}` once it ends",
+                      highlight=False, soft_wrap=True)
+        return Outcome(status="submitted", reason=reason, bundle=b)
+    return wait(b.path, console)
+
+
+def wait(bundle_dir: Path, console: Console, *, poll_s: float | None = None):
+    """Poll the bundle's job until it ends, then collect it."""
+    job = _job(bundle_dir)
+    launcher = launchers.get(job["launcher"])
+    last = None
+    while True:
+        st = launcher.poll(job["job_id"])
+        if st.state != last:
+            console.print(f"job {job['job_id']}: {st.state}" + (f" ({st.reason})" if st.reason else ""),
+                          highlight=False)
+            last = st.state
+        if st.ended:
+            break
+        time.sleep(poll_s if poll_s is not None else POLL_S)
+    return collect(bundle_dir, console, state=st)
+
+
+# -- inside the job -------------------------------------------------------------------------
+def _job(bundle_dir: Path) -> dict[str, Any]:
+    p = Path(bundle_dir) / JOB_JSON
+    if not p.is_file():
+        raise KitError(f"{p}: missing: not a bundle made by `kit run --launcher slurm|pjm`", where=str(bundle_dir),
+                       fix="give the bundle directory that `kit run` printed")
+    return json.loads(p.read_text())
+
+
+def job_id_from_env(environ: dict[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("SLURM_JOB_ID") or env.get("PJM_JOBID") or env.get("PJM_SUBJOBID")
+
+
+def run_inside_job(bundle_dir: Path, console: Console) -> int:
+    """``kit job-run``: start, watch and finalize the bundle's plan on the job's nodes."""
+    from kit import runner
+    from kit.launchers.mpirun import allocation_nodes
+
+    bundle_dir = Path(bundle_dir).resolve()
+    b = Bundle.open(bundle_dir)
+    if b.manifest.status in FINAL_STATUSES:
+        raise KitError(f"bundle already finalized with status {b.manifest.status}", where=str(bundle_dir),
+                       fix="submit a new run; a bundle records one run")
+    plan = load_plan(bundle_dir / "plan.json")
+    job = _job(bundle_dir) if (bundle_dir / JOB_JSON).is_file() else {"launcher": plan.launcher}
+    launcher = launchers.get(plan.launcher)
+    inner = launcher.inner or plan.launcher
+    job_id = job_id_from_env() or job.get("job_id")
+    nodes = allocation_nodes()
+    head = socket.gethostname()
+    script = bundle_dir / JOB_SCRIPT
+    info = {
+        "id": job_id, "launcher": plan.launcher, "inner_launcher": inner, "nodes": nodes, "head_node": head,
+        "scheduler_vars": hostinfo.scheduler_vars(), "script_path": JOB_SCRIPT,
+        "script": script.read_text() if script.is_file() else None,
+        "submitted": job.get("submitted"), "started": bundle_mod.now_iso(),
+    }
+    b.write_json(JOB_JSON, {**job, "job_id": job_id, "started": info["started"], "nodes": nodes, "head_node": head})
+    b.set_status("running", f"{plan.launcher} job {job_id} running on {', '.join(nodes)}")
+
+    step = _start_node_monitors(plan, bundle_dir, inner, head)
+    # this node's ranks, written every few seconds: what `kit collect` keeps if the job dies
+    keeper = _SnapshotWriter(bundle_dir, plan, b.id).start()
+
+    def remote_monitors() -> list[dict[str, Any]]:
+        keeper.stop(write=False)
+        if step is not None:
+            _stop(step)
+        return read_node_monitors(bundle_dir, exclude={head})
+
+    outcome = runner.execute(plan, b, console, launcher_name=inner, extra_provenance={"job": info},
+                             remote_monitors=remote_monitors)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # what the kit printed after finalizing went to the scheduler's output file in logs/:
+    # checksum it too, so that the bundle verifies as it is now
+    _refold_scheduler_files(bundle_dir)
+    return outcome.exit_code
+
+
+class _SnapshotWriter:
+    """A light second monitor of this node, saved to ``monitor/<host>.json`` every ``every_s``."""
+
+    def __init__(self, bundle_dir: Path, plan: Plan, run_id: str, *, every_s: float = 10.0):
+        from kit.monitor import Monitor
+
+        self.mon = Monitor(run_id, plan.rank_argv[1:], expected_local=plan.ranks_per_node, interval=2.0)
+        self.out = bundle_dir / MONITOR_DIR / f"{socket.gethostname()}.json"
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._loop, name="kit-monitor-writer", daemon=True)
+
+    def start(self) -> "_SnapshotWriter":
+        self.mon.start()
+        self._t.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every_s):
+            if self.mon.ranks:
+                bundle_mod.atomic_write(self.out, bundle_mod.dump_json(self.mon.snapshot()))
+
+    def stop(self, *, write: bool) -> None:
+        self._stop.set()
+        self._t.join(timeout=5)
+        self.mon.stop()
+        if not write:
+            try:
+                self.out.unlink()  # job-run's own monitor has the full picture
+            except FileNotFoundError:
+                pass
+
+
+def _start_node_monitors(plan: Plan, bundle_dir: Path, inner: str, head: str) -> subprocess.Popen | None:
+    """One ``kit job-monitor`` per node besides this one (multi-node jobs only)."""
+    if plan.nodes <= 1:
+        return None
+    mon = [sys.executable, "-m", "kit", "job-monitor", str(bundle_dir), "--head", head]
+    if inner == "srun":
+        argv = ["srun", "--overlap", "--nodes", str(plan.nodes), "--ntasks", str(plan.nodes), "--ntasks-per-node", "1",
+                "--cpus-per-task", "1", "--cpu-bind=none", *mon]
+    elif inner == "mpirun":
+        from kit.launchers.mpirun import flavour
+
+        if flavour() != "openmpi":
+            # Fujitsu MPI: a second mpiexec with one process per node needs a --vcoordfile
+            # listing each node once; not verified on Fugaku yet, so only the head node is watched.
+            return None
+        argv = ["mpirun", *(["--allow-run-as-root"] if os.geteuid() == 0 else []), "-np", str(plan.nodes),
+                "--map-by", "ppr:1:node", "--bind-to", "none", *mon]
+    else:
+        return None
+    log = (bundle_dir / "logs" / "job-monitor.log").open("w")
+    try:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:
+        return None
+    finally:
+        log.close()
+
+
+def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def read_node_monitors(bundle_dir: Path, exclude: set[str] | None = None) -> list[dict[str, Any]]:
+    out = []
+    for p in sorted((Path(bundle_dir) / MONITOR_DIR).glob("*.json")):
+        try:
+            snap = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if snap.get("node") in (exclude or set()):
+            continue
+        out.append(snap)
+    return out
+
+
+def monitor_node(bundle_dir: Path, *, head: str | None = None, interval_s: float = 5.0) -> int:
+    """``kit job-monitor``: watch this node's ranks, writing ``monitor/<host>.json`` until stopped."""
+    from kit.monitor import Monitor
+
+    bundle_dir = Path(bundle_dir).resolve()
+    host = socket.gethostname()
+    if head and host == head:
+        return 0  # the head node is watched by kit job-run itself
+    plan = load_plan(bundle_dir / "plan.json")
+    run_id = bundle_mod.read_manifest(bundle_dir).id
+    mon = Monitor(run_id, plan.rank_argv[1:], expected_local=plan.ranks_per_node).start()
+    stop = threading.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, lambda *_: stop.set())
+    out = bundle_dir / MONITOR_DIR / f"{host}.json"
+    while not stop.wait(interval_s):
+        bundle_mod.atomic_write(out, bundle_mod.dump_json(mon.snapshot()))
+    mon.stop()
+    bundle_mod.atomic_write(out, bundle_mod.dump_json(mon.snapshot()))
+    return 0
+
+
+# -- after the job --------------------------------------------------------------------------
+def _refold_scheduler_files(bundle_dir: Path) -> bool:
+    """Re-checksum a final bundle whose only changes are the scheduler's output/statistics files."""
+    m = bundle_mod.read_manifest(bundle_dir)
+    if m.status not in FINAL_STATUSES:
+        return False
+    now = bundle_mod.checksum_tree(bundle_dir)
+    listed = {k: (v.sha256, v.size) for k, v in m.files.items()}
+    changed = {k for k in set(now) | set(listed) if now.get(k) != listed.get(k)}
+    if not changed or not all(SCHEDULER_FILES.match(k) for k in changed):
+        return False
+    b = Bundle.open(bundle_dir)
+    finished = m.finished
+    b.finalize(m.status, m.reason)
+    if finished:
+        b.manifest.finished = finished
+        b._write_manifest()
+    return True
+
+
+def status(bundle_dir: Path, console: Console) -> int:
+    """``kit status``: the bundle's status and, while it is not final, its job's state."""
+    bundle_dir = Path(bundle_dir)
+    m = bundle_mod.read_manifest(bundle_dir)
+    job = _job(bundle_dir) if (bundle_dir / JOB_JSON).is_file() else None
+    line = f"{bundle_dir.name}: {m.status}" + (f": {m.reason}" if m.reason else "")
+    if job is None:
+        console.print(line, highlight=False, soft_wrap=True)
+        return 0
+    if m.status in FINAL_STATUSES:
+        console.print(f"{line} ({job['launcher']} job {job['job_id']})", highlight=False, soft_wrap=True)
+        return 0
+    st = launchers.get(job["launcher"]).poll(job["job_id"])
+    console.print(f"{line}\n{job['launcher']} job {job['job_id']}: {st.state}" + (f" ({st.reason})" if st.reason else ""),
+                  highlight=False, soft_wrap=True)
+    if st.ended:
+        console.print(f"the job has ended but the bundle is not finalized: run `kit collect {bundle_dir}`",
+                      highlight=False, soft_wrap=True)
+    return 0
+
+
+def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None):
+    """``kit collect``: finalize the bundle of an ended job (returns an Outcome, or an exit code)."""
+    from kit.runner import Outcome, _print_result
+
+    bundle_dir = Path(bundle_dir)
+    b = Bundle.open(bundle_dir)
+    job = _job(bundle_dir)
+    if b.manifest.status in FINAL_STATUSES:
+        _refold_scheduler_files(bundle_dir)
+        b = Bundle.open(bundle_dir)
+        if b.manifest.status == "interrupted" and "job manager:" not in b.manifest.reason:
+            # the kit stopped the ranks on a signal: say what the job manager did (cancel, time limit)
+            st = state or launchers.get(job["launcher"]).poll(job["job_id"])
+            if st.ended:
+                b.finalize("interrupted", f"{b.manifest.reason}; job manager: {job['launcher']} job "
+                                          f"{job['job_id']} {st.state}" + (f" ({st.reason})" if st.reason else ""))
+        out = Outcome(status=b.manifest.status, reason=b.manifest.reason, bundle=b)
+        _print_result(out, console)
+        return out
+    launcher = launchers.get(job["launcher"])
+    st = state or launcher.poll(job["job_id"])
+    if not st.ended:
+        console.print(f"{job['launcher']} job {job['job_id']} has not ended ({st.state}); collect it when it has, "
+                      f"or use `kit run --wait` next time", highlight=False, soft_wrap=True)
+        return EXIT_NOT_ENDED
+    # the bundle may have been finalized while we polled
+    if bundle_mod.read_manifest(bundle_dir).status in FINAL_STATUSES:
+        return collect(bundle_dir, console)
+    return finalize_dead_job(b, job, launcher, st, console)
+
+
+def _stats(bundle_dir: Path, launcher: str) -> dict[str, str]:
+    if launcher != "pjm":
+        return {}
+    from kit.launchers.pjm import parse_stats
+
+    out: dict[str, str] = {}
+    for p in sorted((bundle_dir / "logs").glob("pjm.*.stats")):
+        out.update(parse_stats(p.read_text(errors="replace")))
+    return out
+
+
+def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: JobState, console: Console):
+    """The job ended before ``kit job-run`` finalized the bundle: finalize it from what is left."""
+    from kit import runner
+    from kit.logparse import parse_lines
+
+    plan = load_plan(b.path / "plan.json")
+    stats = _stats(b.path, launcher.name)
+    state = st.state
+    why = st.reason
+    if stats:
+        reason_txt = stats.get("REASON", "")
+        bits = [f"{k} {stats[k]}" for k in ("PJM CODE", "EXIT CODE", "REASON") if stats.get(k) not in (None, "", "-")]
+        if bits:
+            why = f"{why}; " + ", ".join(bits) if why else ", ".join(bits)
+        if re.search(r"elapse|time ?limit", reason_txt, re.I):
+            state = "timeout"
+    status = "interrupted" if state in ("cancelled", "timeout") else "failed"
+    started_run = b.manifest.status == "running"
+    what = {"timeout": "reached its time limit", "cancelled": "was cancelled", "failed": "failed",
+            "completed": "ended", "unknown": "is no longer known to the job manager"}.get(state, f"ended ({state})")
+    reason = (f"{launcher.name} job {job['job_id']} {what} " +
+              ("while the ranks ran, before the kit finalized the bundle" if started_run
+               else "before the kit started in it") + (f" [{why}]" if why else "") + "; partial logs kept")
+    log_path = b.logs / "launcher.log"
+    log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    records = parse_lines(log_text.splitlines())
+    inner = launchers.get(launcher.inner or launcher.name)
+    argv_line = next((ln[len("# kit: "):] for ln in log_text.splitlines() if ln.startswith("# kit: ")), "")
+    monitors = read_node_monitors(b.path)
+    rt = runtimes.get(plan.runtime, image=plan.image)
+    kit_env = {**plan.env, "KIT_RUN_ID": b.id}
+    started = job.get("started") or job.get("submitted") or b.manifest.created
+    info = {"id": job["job_id"], "launcher": launcher.name, "inner_launcher": launcher.inner,
+            "nodes": job.get("nodes"), "head_node": job.get("head_node"), "state": state, "scheduler_reason": why,
+            "scheduler_stats": stats or None, "script_path": JOB_SCRIPT,
+            "script": (b.path / JOB_SCRIPT).read_text() if (b.path / JOB_SCRIPT).is_file() else None,
+            "submitted": job.get("submitted"), "started": job.get("started"),
+            "collected_by": "kit collect", "collected_on": socket.gethostname(),
+            "note": "host/software in this provenance describe the machine that collected the bundle, "
+                    "not the job's nodes (the job died before the kit could record them)"}
+    return runner.finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=monitors,
+                           rank_failures=inner.failures(log_text), launcher_rc=None,
+                           argv=argv_line.split() if argv_line else [], kit_env=kit_env,
+                           env={**kit_env}, started=started, duration=_elapsed_since(started),
+                           stacks={}, console=console, extra_provenance={"job": info})
+
+
+def _elapsed_since(iso: str | None) -> float:
+    import datetime as dt
+
+    try:
+        t0 = dt.datetime.fromisoformat(iso) if iso else None
+    except ValueError:
+        t0 = None
+    if t0 is None:
+        return 0.0
+    return max(0.0, (dt.datetime.now(dt.timezone.utc) - t0.astimezone(dt.timezone.utc)).total_seconds())

@@ -1,0 +1,153 @@
+"""The ``slurm`` batch launcher: an sbatch script that runs ``kit job-run`` in the allocation.
+
+The script asks Slurm for the plan's nodes, ranks per node (``--ntasks-per-node``), cores
+per rank (``--cpus-per-task``), the preset's frequency (``--cpu-freq`` in kHz), time limit
+and partition; inside the job, ``kit job-run`` starts the ranks with ``srun`` (the
+``srun`` launcher), watches them and finalizes the bundle. The job's own output goes to
+``logs/slurm-<jobid>.out`` in the bundle.
+
+``submit`` is ``sbatch --parsable``; ``poll`` asks ``squeue`` while the job is known to
+it, then ``scontrol show job`` (kept for MinJobAge seconds), then ``sacct`` where
+accounting is enabled.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from kit.errors import KitError
+from kit.launchers import JobState, Launcher, register
+from kit.launchers.srun import cpu_freq_khz
+
+# Slurm job states -> the kit's
+_STATES = {
+    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "RESV_DEL_HOLD": "pending",
+    "REQUEUE_HOLD": "pending", "REQUEUE_FED": "pending", "SUSPENDED": "pending",
+    "RUNNING": "running", "COMPLETING": "running", "STAGE_OUT": "running", "SIGNALING": "running",
+    "RESIZING": "running",
+    "COMPLETED": "completed", "FAILED": "failed", "CANCELLED": "cancelled", "TIMEOUT": "timeout",
+    "NODE_FAIL": "failed", "PREEMPTED": "cancelled", "BOOT_FAIL": "failed", "DEADLINE": "timeout",
+    "OUT_OF_MEMORY": "failed", "REVOKED": "cancelled", "SPECIAL_EXIT": "failed",
+}
+_ENDED = {"completed", "failed", "cancelled", "timeout"}
+
+
+def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise KitError(f"{argv[0]} was not found on PATH", where="--launcher slurm",
+                       fix="run on a Slurm login node (sbatch, squeue, scontrol on PATH)") from e
+
+
+def kit_command(python: str, bundle_dir: Path) -> str:
+    """The line a job script runs: this kit's ``job-run`` on the bundle."""
+    return f"{shlex.quote(python)} -m kit job-run {shlex.quote(str(bundle_dir))}"
+
+
+@register("slurm")
+class SlurmLauncher(Launcher):
+    batch = True
+    inner = "srun"
+
+    def applies(self, setting: str, value: object) -> str | None:
+        if setting == "freq_mhz":
+            return f"#SBATCH --cpu-freq={cpu_freq_khz(value)}"  # type: ignore[arg-type]
+        if setting == "ranks_per_node":
+            return f"#SBATCH --ntasks-per-node={value}"
+        return None
+
+    def cores_per_node(self) -> int | None:
+        """CPUs per node of the default (or $SBATCH_PARTITION) partition, from sinfo."""
+        if not shutil.which("sinfo"):
+            return None
+        import os
+
+        argv = ["sinfo", "-h", "-o", "%c"]
+        if os.environ.get("SBATCH_PARTITION"):
+            argv += ["-p", os.environ["SBATCH_PARTITION"]]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        values = [int(x.rstrip("+")) for x in out.stdout.split() if x.rstrip("+").isdigit()]
+        return min(values) if out.returncode == 0 and values else None
+
+    def render(self, plan, bundle_dir: Path) -> str:
+        bundle_dir = Path(bundle_dir)
+        job = plan.job
+        name = f"kit-{plan.recipe_name}-{plan.preset.name}"[:60]
+        lines = ["#!/bin/bash",
+                 f"#SBATCH --job-name={name}",
+                 f"#SBATCH --nodes={plan.nodes}",
+                 f"#SBATCH --ntasks-per-node={plan.ranks_per_node}",
+                 f"#SBATCH --cpus-per-task={plan.threads_per_rank}",
+                 f"#SBATCH --time={job.time_limit}"]
+        freq = plan.setting("freq_mhz")
+        if freq.requested is not None:
+            lines.append(f"#SBATCH --cpu-freq={cpu_freq_khz(freq.requested)}")
+        if job.queue:
+            lines.append(f"#SBATCH --partition={job.queue}")
+        if job.account:
+            lines.append(f"#SBATCH --account={job.account}")
+        lines += [f"#SBATCH --output={bundle_dir / 'logs'}/slurm-%j.out",
+                  f"#SBATCH --chdir={Path.cwd()}",
+                  "",
+                  f"# Written by kit for bundle {bundle_dir.name}: recipe {plan.recipe_name}, preset {plan.preset.name},",
+                  f"# DP {plan.dp} x TP {plan.recipe.parallel.tp} x PP {plan.recipe.parallel.pp} = {plan.world_size} ranks"
+                  f" on {plan.nodes} node(s).",
+                  "# kit job-run starts the ranks with srun, watches every rank on every node and writes the",
+                  "# bundle (metrics, provenance with the job id, node list and SLURM_* variables), whatever happens.",
+                  f"# Set for the ranks by the kit: {', '.join(f'{k}={v}' for k, v in sorted(plan.env.items()))}",
+                  "",
+                  f"exec {kit_command(sys.executable, bundle_dir)}",
+                  ""]
+        return "\n".join(lines)
+
+    def submit(self, script: Path) -> str:
+        r = _run(["sbatch", "--parsable", str(script)])
+        if r.returncode != 0:
+            raise KitError(f"sbatch refused the job: {(r.stderr or r.stdout).strip()}", where=str(script),
+                           fix="check the partition (--queue), time limit (--time) and node count")
+        job_id = r.stdout.strip().split(";")[0]
+        if not job_id:
+            raise KitError(f"sbatch printed no job id: {r.stdout!r}", where=str(script))
+        return job_id
+
+    def poll(self, job_id: str) -> JobState:
+        r = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+        if r.returncode == 0 and r.stdout.strip():
+            state, _, reason = r.stdout.strip().splitlines()[0].partition("|")
+            kit_state = _STATES.get(state.split()[0], "unknown")
+            if kit_state not in _ENDED:
+                return JobState(kit_state, False, reason="" if reason in ("None", "") else reason)
+        r = _run(["scontrol", "show", "job", "-o", job_id])
+        if r.returncode == 0 and "JobState=" in r.stdout:
+            fields = dict(re.findall(r"(\w+)=(\S*)", r.stdout))
+            state = fields.get("JobState", "")
+            kit_state = _STATES.get(state, "unknown")
+            code = fields.get("ExitCode", "")
+            exit_code, sig = (int(x) for x in code.split(":")) if re.fullmatch(r"\d+:\d+", code) else (None, 0)
+            reason = fields.get("Reason", "")
+            why = state + (f" (reason {reason})" if reason and reason != "None" else "") + \
+                (f", exit code {exit_code}" if exit_code is not None else "") + (f", signal {sig}" if sig else "")
+            return JobState(kit_state, kit_state in _ENDED, exit_code=exit_code, reason=why)
+        if shutil.which("sacct"):
+            r = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Reason"])
+            if r.returncode == 0 and r.stdout.strip():
+                state, code, reason = (r.stdout.strip().splitlines()[0].split("|") + ["", ""])[:3]
+                kit_state = _STATES.get(state.split()[0], "unknown")
+                exit_code = int(code.split(":")[0]) if code.split(":")[0].isdigit() else None
+                return JobState(kit_state, kit_state in _ENDED, exit_code=exit_code,
+                                reason=f"{state}" + (f" ({reason})" if reason and reason != "None" else ""))
+        return JobState("unknown", True, reason=f"Slurm no longer knows job {job_id} (squeue, scontrol, sacct)")
+
+    def cancel(self, job_id: str) -> None:
+        r = _run(["scancel", job_id])
+        if r.returncode != 0:
+            raise KitError(f"scancel {job_id} failed: {(r.stderr or r.stdout).strip()}", where=f"job {job_id}")
