@@ -31,4 +31,5 @@ log "building localhost/kit:a64fx-tcmalloc (emulated)"
 "$PY" -m kit image build --target a64fx --tcmalloc --engine podman \
   --base localhost/kit-base:bookworm-arm64 --pip-cache "$CACHE/pip" \
   --context "$CACHE/ctx/a64fx-tcmalloc" 2>&1 | tee "$CACHE/logs/build-a64fx.log" | grep -E '^(STEP|built|kit:)' | cut -c1-160
+podman image prune -f >/dev/null 2>&1 || true   # old untagged builds
 log "done; export CONTAINERS_CONF=$CONF"

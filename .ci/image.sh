@@ -72,4 +72,5 @@ log "building localhost/kit:x86_64-tcmalloc"
 "$PY" -m kit image build --target x86_64 --tcmalloc --engine podman \
   --base localhost/kit-base:bookworm-amd64 --wheelhouse "$WH" --pip-cache "$CACHE/pip" \
   --context "$CACHE/ctx/x86_64-tcmalloc" 2>&1 | tee "$CACHE/logs/build-x86_64.log" | grep -E '^(STEP|built|kit:)' | cut -c1-160
+podman image prune -f >/dev/null 2>&1 || true   # old untagged builds
 log "done; export CONTAINERS_CONF=$CONF"
