@@ -70,3 +70,37 @@ def tiny_run_baseline(results_dir):
 def real_bundles(tiny_run_baseline, tiny_run_1rank):
     """Two finished bundles from real runs: (baseline, tuned). Read them; copy before changing them."""
     return tiny_run_baseline[0], tiny_run_1rank[0]
+
+
+# -- job managers (tests/test_jobs_*.py, tests/test_launch_mpirun.py) --------------------------
+STANDINS = REPO / "tests" / "standins"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real one-node Slurm cluster (.ci/slurm.sh): yields the environment that points at it.
+
+    Skips with the reason when Slurm is not installed or cannot start here (needs root);
+    in CI (CI=1 set) a cluster that cannot start is a failure, not a skip.
+    """
+    import shutil
+
+    if not shutil.which("slurmctld") or not shutil.which("sbatch"):
+        if os.environ.get("CI"):
+            pytest.fail("slurmctld/sbatch not installed (apt-get install slurm-wlm munge)")
+        pytest.skip("Slurm is not installed (apt-get install slurm-wlm munge)")
+    proc = subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh"), "start"], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        msg = f".ci/slurm.sh start failed: {proc.stderr.strip()[-800:]}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    conf = proc.stdout.strip().split("SLURM_CONF=", 1)[1].split()[0]
+    yield {"SLURM_CONF": conf, "KIT_POLL_S": "1"}
+
+
+@pytest.fixture
+def pjm_standins(tmp_path):
+    """PATH with the PJM/Fujitsu-MPI stand-ins (tests/standins, not the real tools) first."""
+    return {"PATH": f"{STANDINS}{os.pathsep}{os.environ.get('PATH', '')}", "PJM_STANDIN_DIR": str(tmp_path / "pjm"),
+            "KIT_POLL_S": "1"}

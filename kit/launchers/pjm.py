@@ -143,6 +143,10 @@ class PjmLauncher(Launcher):
                   f"rank(s), {plan.ranks_per_node} per node on {plan.nodes} node(s), "
                   f"{plan.threads_per_rank} thread(s) per rank.",
                   ]
+        from kit import known_bad
+
+        for kb in known_bad.check(plan):
+            lines.append(f"# WARNING (known bad, submitted with --force only): {kb.what}: {kb.seen}.")
         if "LD_PRELOAD" in plan.env:
             lines.append(f"# LD_PRELOAD={plan.env['LD_PRELOAD']} is set for the ranks only (not this shell).")
         lines += ["# kit job-run starts the ranks with Fujitsu MPI, one output file per rank:",

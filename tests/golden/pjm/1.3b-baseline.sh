@@ -1,0 +1,27 @@
+#!/bin/bash -x
+#PJM -N kit-gpt-1.3b-baseline
+#PJM -L "node=1"
+#PJM -L "rscgrp=small"
+#PJM -L "elapse=01:00:00"
+#PJM -L "freq=2000,retention_state=1"
+#PJM --mpi "proc=1"
+#PJM --mpi "max-proc-per-node=1"
+#PJM -x OMP_NUM_THREADS=48
+#PJM -j
+#PJM -S
+#PJM -o /vol0004/hp190122/u01234/results/20230215-000000_row/logs/pjm.%j.out
+#PJM --spath /vol0004/hp190122/u01234/results/20230215-000000_row/logs/pjm.%j.stats
+
+# Written by kit for bundle 20230215-000000_row: recipe gpt-1.3b, preset baseline,
+# DP 1 x TP 1 x PP 1 = 1 rank(s), 1 per node on 1 node(s), 48 thread(s) per rank.
+# kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
+#   mpiexec -np 1 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \
+#     -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x 'MASTER_ADDR=<first node>' -x 'MASTER_PORT=<free port>' /home/u01234/venv/bin/python3 \
+#     -m kit.workload --layers 24 --hidden 2048 --heads 32 --seq 1024 --vocab 50257 \
+#     --micro-batch 1 --global-batch 1024 --tp 1 --pp 1 --zero 1 --iters 3 --warmup-iters 1 \
+#     --seed 1234 --lr 0.0002 --dtype fp32 --data synthetic --checkpoint-activations
+# then watches every rank, checks the frequency it sees against the one requested above,
+# and writes the bundle (job id, node list, PJM_* variables, this script), whatever happens.
+
+cd /home/u01234/work
+/home/u01234/venv/bin/python3 -m kit job-run /vol0004/hp190122/u01234/results/20230215-000000_row

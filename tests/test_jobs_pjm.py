@@ -1,0 +1,54 @@
+"""The pjm launcher end to end with stand-ins for pjsub/pjstat/pjdel and Fujitsu's mpiexec.
+
+The stand-ins (tests/standins, labelled as such) run the job on this machine, so the
+in-job path is the real one: kit job-run, ranks found by PMIX_RANK/PLE_RANK_ON_NODE,
+per-rank -std-proc files followed, statistics file folded in by kit collect.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from conftest import FAST, bundle_from_output, kit_cli, load
+from kit.bundle import read_manifest, verify
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_pjm_two_ranks_wait(pjm_standins, tmp_path):
+    proc = kit_cli("run", "tiny", "--preset", "tuned", "--launcher", "pjm", "--set", "parallel.dp=2", *FAST,
+                   "--wait", "--out", str(tmp_path), env=pjm_standins)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    b = bundle_from_output(proc.stdout)
+    assert verify(b).ok, verify(b).problems
+    job, prov, m = load(b, "job/job.json"), load(b, "provenance.json"), load(b, "metrics.json")
+    assert prov["job"]["id"] == job["job_id"] == prov["job"]["scheduler_vars"]["PJM_JOBID"]
+    assert prov["run"]["argv"][:2] == ["mpiexec", "-np"] and "-std-proc" in prov["run"]["argv"]
+    assert sorted(m["ranks"]) == ["0", "1"]
+    assert sorted(p.name for p in (b / "logs" / "stdproc").iterdir()) == ["out.1.0", "out.1.1"]
+    assert len(m["iterations"]) == 6  # followed from the per-rank files
+    files = read_manifest(b).files
+    assert any(f.endswith(".stats") for f in files)  # written after the kit finalized, folded in
+
+
+def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
+    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "pjm", "--set", "train.iters=500",
+                   "--out", str(tmp_path), env=pjm_standins)
+    assert proc.returncode == 0, proc.stderr
+    b = bundle_from_output(proc.stdout)
+    job_id = load(b, "job/job.json")["job_id"]
+    deadline = time.time() + 300
+    while time.time() < deadline and " iteration " not in (
+            (b / "logs" / "launcher.log").read_text(errors="replace") if (b / "logs" / "launcher.log").exists() else ""):
+        time.sleep(1)
+    import subprocess
+
+    subprocess.run(["pjdel", job_id], env={**__import__("os").environ, **pjm_standins}, check=True)
+    out = kit_cli("collect", "--wait", str(b), env=pjm_standins, timeout=300)
+    m = read_manifest(b)
+    assert m.status == "interrupted", (m.reason, out.stdout)
+    assert out.returncode == 130
+    assert verify(b).ok, verify(b).problems
+    assert load(b, "metrics.json")["iterations"]
