@@ -5,14 +5,19 @@
 #   .ci/slurm.sh stop  [DIR]   stop the daemons this script started (by pid)
 #   .ci/slurm.sh status [DIR]  exit 0 when the controller answers and the node is idle/allocated
 #
+# Or sourced (scripts/test.sh): `source .ci/slurm.sh; slurm_start` starts it and exports
+# SLURM_CONF into the calling shell; `slurm_stop` stops it.
+#
 # DIR defaults to $KIT_SLURM_DIR or /tmp/kit-slurm. Needs root (SlurmUser=root, munged runs
 # as user munge) and the Debian packages slurm-wlm and munge. The hostname is not
 # resolvable as a node name here, so slurmd runs with `-N localhost`.
 # Idempotent: `start` on a running cluster only prints the SLURM_CONF line.
-set -euo pipefail
+_kit_slurm_sourced=0
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && _kit_slurm_sourced=1
+[[ $_kit_slurm_sourced == 1 ]] || set -euo pipefail
 
-cmd=${1:-start}
-DIR=${2:-${KIT_SLURM_DIR:-/tmp/kit-slurm}}
+DIR=${KIT_SLURM_DIR:-/tmp/kit-slurm}
+[[ $_kit_slurm_sourced == 1 ]] || DIR=${2:-$DIR}
 CONF=$DIR/slurm.conf
 
 log() { echo "slurm.sh: $*" >&2; }
@@ -33,7 +38,7 @@ start_munge() {
     fi
     runuser -u munge -- /usr/sbin/munged
     for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
-    munge_ok || { log "munged did not start"; exit 1; }
+    munge_ok || { log "munged did not start"; return 1; }
     pgrep -u munge -x munged | head -1 >"$DIR/munged.pid" || true
     touch "$DIR/munged.ours"
 }
@@ -83,14 +88,14 @@ ready() {
 }
 
 start() {
-    [[ $(id -u) == 0 ]] || { log "needs root"; exit 1; }
-    command -v slurmctld >/dev/null || { log "slurmctld not installed (apt-get install slurm-wlm munge)"; exit 1; }
+    [[ $(id -u) == 0 ]] || { log "needs root"; return 1; }
+    command -v slurmctld >/dev/null || { log "slurmctld not installed (apt-get install slurm-wlm munge)"; return 1; }
     mkdir -p "$DIR"
     if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && ready; then
         echo "export SLURM_CONF=$CONF"
         return 0
     fi
-    start_munge
+    start_munge || return 1
     [[ -f $CONF ]] || write_conf
     alive "$DIR/slurmctld.pid" || slurmctld -f "$CONF"
     alive "$DIR/slurmd.pid" || slurmd -f "$CONF" -N localhost
@@ -103,7 +108,7 @@ start() {
     if ! ready; then
         log "cluster did not come up; see $DIR/log/"
         tail -n 20 "$DIR/log/slurmctld.log" "$DIR/log/slurmd.log" >&2 || true
-        exit 1
+        return 1
     fi
     echo "export SLURM_CONF=$CONF"
 }
@@ -125,9 +130,19 @@ stop() {
     fi
 }
 
-case $cmd in
-    start) start ;;
-    stop) stop ;;
-    status) ready ;;
-    *) echo "usage: $0 start|stop|status [DIR]" >&2; exit 2 ;;
-esac
+slurm_start() {
+    start >/dev/null || return 1
+    export SLURM_CONF=$CONF
+    log "one-node cluster up: SLURM_CONF=$CONF"
+}
+
+slurm_stop() { stop; }
+
+if [[ $_kit_slurm_sourced == 0 ]]; then
+    case ${1:-start} in
+        start) start ;;
+        stop) stop ;;
+        status) ready ;;
+        *) echo "usage: $0 start|stop|status [DIR]" >&2; exit 2 ;;
+    esac
+fi
