@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -126,7 +127,7 @@ def dump_stacks(pids: dict[int, int], out: Path, *, faulthandler_signal: bool) -
     """Each rank's Python stack: py-spy where installed, and the workload's faulthandler (SIGUSR1)."""
     out.mkdir(parents=True, exist_ok=True)
     done: dict[str, str] = {}
-    pyspy = shutil.which("py-spy")
+    pyspy = shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     for rank, pid in sorted(pids.items()):
         if pyspy:
             try:

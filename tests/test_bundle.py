@@ -7,10 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from kit.bundle import MANIFEST, Bundle, atomic_write, read_manifest, sha256_file, verify
 
 
+PLAN = {"nodes": 1, "dp": 1, "tp": 1, "pp": 1, "micro_batch": 1, "global_batch": 8, "ranks_per_node": 1}
+
+
 def make(tmp_path, status="ok"):
     b = Bundle.create(tmp_path, recipe="tiny", preset="tuned")
-    for name in ("metrics.json", "provenance.json"):
-        b.write_json(name, {"x": 1})
+    b.write_json("metrics.json", {"summary": {"sec_per_iter": 1.0}, "iterations": []})
+    b.write_json("provenance.json", {"plan": PLAN, "runtime": {}, "software": {}, "host": {}})
     b.write_yaml("recipe.yaml", {"name": "tiny"})
     b.write_yaml("preset.yaml", {"name": "tuned"})
     b.write_text("logs/launcher.log", "iteration 1/ 1 |\n")
@@ -29,7 +32,7 @@ def test_finalized_bundle_verifies(tmp_path):
 
 def test_tampered_file_is_reported_by_name(tmp_path):
     b = make(tmp_path)
-    (b.path / "metrics.json").write_text('{"x": 2}\n')
+    (b.path / "metrics.json").write_text('{"summary": {"sec_per_iter": 0.5}, "iterations": []}\n')
     v = verify(b.path)
     assert not v.ok
     assert any("metrics.json" in p and "checksum mismatch" in p for p in v.problems)
@@ -74,3 +77,14 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write(p, "2")
     assert p.read_text() == "2"
     assert os.listdir(p.parent) == ["f.json"]
+
+
+def test_document_missing_keys_is_a_schema_problem(tmp_path):
+    b = Bundle.create(tmp_path, recipe="tiny", preset="tuned")
+    b.write_json("metrics.json", {"iterations": []})
+    b.write_json("provenance.json", {"plan": PLAN, "runtime": {}, "software": {}, "host": {}})
+    b.write_yaml("recipe.yaml", {"name": "tiny"})
+    b.write_yaml("preset.yaml", {"name": "tuned"})
+    b.finalize("ok")
+    problems = verify(b.path).problems
+    assert any("metrics.json" in p and "summary" in p for p in problems), problems
