@@ -137,7 +137,13 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
 
     env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}
     env.update(preset.env)
-    lib = allocator.resolve(preset.allocator, find=getattr(rt, "find_tcmalloc", allocator.find_tcmalloc))
+    # On a batch system the ranks run on compute nodes, which may not be this (login) node
+    # (Fugaku's login nodes are x86-64): unless $KIT_TCMALLOC names the library, tcmalloc is
+    # resolved where the ranks run (kit.runner.execute), not here.
+    defer_allocator = (launch.batch and runtime == "host" and preset.allocator == "tcmalloc"
+                       and not os.environ.get("KIT_TCMALLOC"))
+    lib = None if defer_allocator else allocator.resolve(
+        preset.allocator, find=getattr(rt, "find_tcmalloc", allocator.find_tcmalloc))
     if lib:
         env["LD_PRELOAD"] = lib if not os.environ.get("LD_PRELOAD") else f"{lib}:{os.environ['LD_PRELOAD']}"
 
@@ -153,9 +159,14 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
             settings.append(Setting(name=key, requested=value, status="not-applied",
                                     note=f"set by the job manager (PJM -L, Slurm --cpu-freq); the {launcher} launcher "
                                          f"cannot apply it, so it is recorded as requested, not applied"))
+    if defer_allocator:
+        alloc_by = "LD_PRELOAD, resolved on the compute node by kit job-run"
+    elif lib:
+        alloc_by = f"LD_PRELOAD={lib}"
+    else:
+        alloc_by = "default allocator" if preset.allocator == "glibc" else None
     settings.append(Setting(name="allocator", requested=preset.allocator or "glibc",
-                            status="applied" if lib else ("applied" if preset.allocator == "glibc" else "not-requested"),
-                            applied_by=f"LD_PRELOAD={lib}" if lib else ("default allocator" if preset.allocator == "glibc" else None)))
+                            status="applied" if alloc_by else "not-requested", applied_by=alloc_by))
     settings.append(Setting(name="ranks_per_node", requested=rpn, status="applied",
                             applied_by=launch.applies("ranks_per_node", rpn) or f"{launcher} launcher"))
     settings.append(Setting(name="threads_per_rank", requested=threads, status="applied",

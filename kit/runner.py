@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,8 +35,9 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, hostinfo, launchers, metrics, provenance, runtimes, table
+from kit import allocator, bundle as bundle_mod, hostinfo, launchers, metrics, provenance, runtimes, table
 from kit.bundle import Bundle
+from kit.errors import KitError
 from kit.logparse import IterationRecord, parse_line
 from kit.monitor import Monitor
 from kit.plan import Plan
@@ -160,6 +162,14 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     cwd = Path.cwd()
     kit_env = dict(plan.env)
     kit_env["KIT_RUN_ID"] = b.id
+    start_error = ""
+    if plan.runtime == "host" and plan.preset.allocator not in (None, "glibc") and "LD_PRELOAD" not in kit_env:
+        try:  # deferred by the plan to the node where the ranks run (batch jobs)
+            lib = allocator.resolve(plan.preset.allocator) or ""
+            kit_env["LD_PRELOAD"] = lib
+            plan = plan.model_copy(update={"env": {**plan.env, "LD_PRELOAD": lib}})  # launchers export plan.env
+        except KitError as e:
+            start_error = f"on {socket.gethostname()}: {e}"
     kit_env.setdefault("PYTHONUNBUFFERED", "1")
     argv = launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs)
     argv = rt.wrap(argv, kit_env, cwd=cwd, binds=[b.path, cwd])
@@ -182,11 +192,13 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         with log_path.open("w", buffering=1) as log:
             log.write(f"# kit: {' '.join(argv)}\n")
             try:
+                if start_error:
+                    raise OSError(start_error)
                 proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
                                         errors="replace")
             except OSError as e:
-                status, reason = "failed", f"could not start {argv[0]}: {e}"
+                status, reason = "failed", start_error or f"could not start {argv[0]}: {e}"
                 proc = None
             if proc is not None:
                 monitor.start()

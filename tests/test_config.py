@@ -185,3 +185,15 @@ def test_missing_tcmalloc_names_the_package(monkeypatch):
     with pytest.raises(KitError) as e:
         plan_mod.resolve(recipe_name="tiny", preset_names=["tcmalloc"])
     assert "libgoogle-perftools4" in str(e.value)
+
+
+def test_batch_plan_resolves_tcmalloc_on_the_compute_node(monkeypatch):
+    # Fugaku's login nodes are x86-64 and the ranks run on A64FX nodes: the library found
+    # on the submitting host would be the wrong one, so a batch plan leaves it to the job.
+    from kit import allocator
+
+    monkeypatch.delenv("KIT_TCMALLOC", raising=False)
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda roots=None: None)  # not on this "login node"
+    p = plan_mod.resolve(recipe_name="tiny", preset_names=["tuned"], launcher="slurm")
+    assert "LD_PRELOAD" not in p.env
+    assert "compute node" in p.setting("allocator").applied_by
