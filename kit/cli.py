@@ -183,7 +183,7 @@ def recipes_show(name: str, set_: Annotated[Optional[list[str]], typer.Option("-
     """A recipe as resolved (with overrides)."""
     r, path = recipe_mod.load(name, set_ or [])
     console.print(f"# {path}", highlight=False)
-    console.print(yaml.safe_dump(r.model_dump(by_alias=True), sort_keys=False), highlight=False, markup=False)
+    console.print(yaml.safe_dump(r.model_dump(by_alias=True), sort_keys=False), highlight=False, markup=False, soft_wrap=True)
 
 
 @presets_app.command("list")
@@ -206,7 +206,7 @@ def presets_show(names: Annotated[list[str], typer.Argument(help="one or more pr
     """A preset (or a composition) fully resolved, and the files it came from."""
     p, files = preset_mod.load(names)
     console.print("# composed from: " + ", ".join(str(f) for f in files), highlight=False)
-    console.print(yaml.safe_dump(p.model_dump(exclude={"extends"}), sort_keys=False), highlight=False, markup=False)
+    console.print(yaml.safe_dump(p.model_dump(exclude={"extends"}), sort_keys=False), highlight=False, markup=False, soft_wrap=True)
 
 
 _register_optional("kit.image.cli", "image")
@@ -216,12 +216,24 @@ _results_cli.register(app)
 
 
 def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+    """Entry point: user errors become one line on stderr and exit code 2, no traceback."""
     try:
-        app()
+        rc = app(standalone_mode=False)
     except KitError as e:
         err.print(f"kit: error: {e}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
+    except typer.TyperException as e:  # bad CLI values (click's UsageError and kin), on one line
+        ctx = getattr(e, "ctx", None)
+        cmd = ctx.command_path if ctx is not None else "kit"
+        msg = " ".join(e.format_message().split())
+        if not msg:  # `kit` alone: the help was printed
+            sys.exit(e.exit_code)
+        err.print(f"kit: error: {cmd}: {msg} (see `{cmd} --help`)", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err.print("kit: aborted", highlight=False)
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

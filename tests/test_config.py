@@ -197,3 +197,15 @@ def test_batch_plan_resolves_tcmalloc_on_the_compute_node(monkeypatch):
     p = plan_mod.resolve(recipe_name="tiny", preset_names=["tuned"], launcher="slurm")
     assert "LD_PRELOAD" not in p.env
     assert "compute node" in p.setting("allocator").applied_by
+
+
+def test_bad_cli_values_are_one_line_exit_2():
+    from conftest import kit_cli
+
+    for args, needle in ((["run", "--nodes", "abc"], "--nodes"), (["run", "--bogus"], "--bogus"),
+                         (["flops", "--layers", "2"], "--hidden"), (["nosuch"], "nosuch")):
+        r = kit_cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0] and lines[0].startswith("kit: error:"), r.stderr
+        assert "Traceback" not in r.stderr
