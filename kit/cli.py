@@ -83,7 +83,7 @@ def _print_dry_run(plan: plan_mod.Plan) -> None:
     launcher = launchers.get(plan.launcher)
     known_bad.warn(plan, console)
     if launcher.batch:
-        console.print(launcher.render(plan, Path("results") / "<bundle-id>"), highlight=False, markup=False)
+        console.print(launcher.render(plan, Path("results") / "<bundle-id>"), highlight=False, markup=False, soft_wrap=True)
         return
     console.print_json(json.dumps(plan.summary(), default=str))
 
