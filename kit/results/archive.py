@@ -86,34 +86,23 @@ def pack(bundle_dir: Path, out: Path | None = None) -> Path:
     names = [bundle_mod.MANIFEST, *sorted(m.files)]
     dirs = sorted({str(PurePosixPath(n).parent) for n in names} - {"."})
     all_dirs = sorted({str(p) for d in dirs for p in [PurePosixPath(d), *PurePosixPath(d).parents] if str(p) != "."})
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-            def norm(ti: tarfile.TarInfo) -> tarfile.TarInfo:
-                ti.uid = ti.gid = 0
-                ti.uname = ti.gname = ""
-                ti.mode = 0o755 if ti.isdir() else 0o644
-                return ti
-            top = tar.gettarinfo(str(bundle_dir), arcname=m.id)
-            tar.addfile(norm(top))
-            for d in all_dirs:
-                tar.addfile(norm(tar.gettarinfo(str(bundle_dir / d), arcname=f"{m.id}/{d}")))
-            for rel in names:
-                p = bundle_dir / rel
-                ti = norm(tar.gettarinfo(str(p), arcname=f"{m.id}/{rel}"))
-                if not ti.isreg():
-                    raise KitError("not a plain file", where=str(p), fix="bundles hold plain files only")
-                with p.open("rb") as src:
-                    tar.addfile(ti, src)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with bundle_mod.atomic_file(target) as f, tarfile.open(fileobj=f, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        def norm(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+            ti.uid = ti.gid = 0
+            ti.uname = ti.gname = ""
+            ti.mode = 0o755 if ti.isdir() else 0o644
+            return ti
+        top = tar.gettarinfo(str(bundle_dir), arcname=m.id)
+        tar.addfile(norm(top))
+        for d in all_dirs:
+            tar.addfile(norm(tar.gettarinfo(str(bundle_dir / d), arcname=f"{m.id}/{d}")))
+        for rel in names:
+            p = bundle_dir / rel
+            ti = norm(tar.gettarinfo(str(p), arcname=f"{m.id}/{rel}"))
+            if not ti.isreg():
+                raise KitError("not a plain file", where=str(p), fix="bundles hold plain files only")
+            with p.open("rb") as src:
+                tar.addfile(ti, src)
     return target
 
 
