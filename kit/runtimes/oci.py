@@ -49,8 +49,9 @@ try:
     hwcap, hwcap2 = aux.get(16, 0), aux.get(26, 0)
     out["hwcap"], out["hwcap2"] = hex(hwcap), hex(hwcap2)
     if out["machine"] == "aarch64":
-        names = {1: "fp", 2: "asimd", 4096: "fphp", 8192: "asimdhp", 1 << 22: "sve"}
-        out["hwcap_features"] = [n for b, n in names.items() if hwcap & b]
+        names = ("fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm jscvt fcma "
+                 "lrcpc dcpop sha3 sm3 sm4 asimddp sha512 sve asimdfhm dit uscat ilrcpc flagm ssbs sb paca pacg").split()
+        out["hwcap_features"] = [n for i, n in enumerate(names) if hwcap & (1 << i)]
         out["sve"] = bool(hwcap & (1 << 22))
         if out["sve"]:
             libc = ctypes.CDLL(None, use_errno=True)
