@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=("fp32", "bf16"), default=d.dtype,
                    help="bf16 = torch.autocast(bf16) with fp32 master weights")
     p.add_argument("--data", default=d.data, help="'synthetic' or a flat uint16 token file")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (also KIT_WORKLOAD_COMPILE=1); the first iteration compiles")
     p.add_argument("--log-interval", type=int, default=d.log_interval)
     p.add_argument("--fault", action="append", default=[], metavar="KIND@ITER[:RANK]",
                    help="inject a fault: hang|crash|segv at iteration ITER on RANK (default: all ranks)")
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 micro_batch=ns.micro_batch, global_batch=ns.global_batch, tp=ns.tp, pp=ns.pp,
                 zero=ns.zero, iters=ns.iters, warmup_iters=ns.warmup_iters, seed=ns.seed, lr=ns.lr,
                 min_lr=ns.lr / 10, checkpoint_activations=ns.checkpoint_activations, dtype=ns.dtype,
-                data=ns.data, log_interval=ns.log_interval, faults=faults)
+                data=ns.data, log_interval=ns.log_interval, compile=ns.compile, faults=faults)
     try:
         return run(args)
     except UsageError as e:

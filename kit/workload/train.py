@@ -6,6 +6,11 @@ Rank layout (the same as ``deepspeed.runtime.pipe.topology.PipeModelDataParallel
 dtype: ``fp32`` trains in fp32. ``bf16`` runs the forward/backward under
 ``torch.autocast(bf16)`` with fp32 master weights and fp32 optimizer (on CPU and on CUDA);
 this works with every ZeRO stage and with the pipeline engine, and needs no loss scaling.
+
+``--compile`` (or ``KIT_WORKLOAD_COMPILE=1`` in the environment, e.g. from a preset's ``env``)
+runs the model through ``torch.compile`` (inductor): on CPU it fuses LayerNorm, GELU, the
+residual adds and the loss (see BENCHMARKS.md for the measured effect); the first iteration
+pays the compilation (tens of seconds on 2 cores), which warm-up iterations absorb.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ class Args:
     dtype: str = "fp32"
     data: str = "synthetic"
     log_interval: int = 1
+    compile: bool = False
     faults: list[Fault] = field(default_factory=list)
 
 
@@ -251,6 +257,22 @@ def _skip_shm_op(cuda: bool) -> None:
         pass
 
 
+def _maybe_compile(model, a: Args) -> bool:
+    """torch.compile in place (parameter names unchanged, so DeepSpeed and checkpoints see the
+    same module): the whole GPT, or each Block of a pipeline stage."""
+    if not (a.compile or os.environ.get("KIT_WORKLOAD_COMPILE") == "1"):
+        return False
+    from kit.workload.model import GPT, Block
+
+    if isinstance(model, GPT):
+        model.compile()
+    else:
+        for m in model.modules():
+            if isinstance(m, Block):
+                m.compile()
+    return True
+
+
 def _make_optimizer(model, a: Args, cuda: bool):
     import torch
 
@@ -346,6 +368,7 @@ def run(a: Args) -> int:
         model = GPT(cfg, tp)
         mpu = ps if world > 1 else None
     model.to(device)
+    compiled = _maybe_compile(model, a)
     optimizer, opt_kind = _make_optimizer(model, a, cuda)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(a, step + 1) / a.lr)
     ds_config = {
@@ -379,7 +402,8 @@ def run(a: Args) -> int:
               f"dtype={a.dtype} threads={threads} params={cfg.n_params()} "
               f"padded_vocab={cfg.padded_vocab} micro_batch={a.micro_batch} "
               f"global_batch={a.global_batch} grad_accum={gas} device={device.type} "
-              f"optimizer=AdamW({opt_kind}) launcher={source} data={data.description}", flush=True)
+              f"optimizer=AdamW({opt_kind}) launcher={source} data={data.description}"
+              + (" compile=inductor" if compiled else ""), flush=True)
 
     autocast = (torch.autocast(device_type=device.type, dtype=torch.bfloat16)
                 if a.dtype == "bf16" else contextlib.nullcontext())
