@@ -130,8 +130,39 @@ class Block(nn.Module):
         return self._forward(x)
 
 
+class _CrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the rows of ``logits`` (N x V) that keeps one N x V buffer.
+
+    Same value and gradient as ``F.cross_entropy``: the forward's log-softmax buffer becomes
+    the gradient in place (exp -> softmax, minus one at the targets, times grad/N in the
+    backward), instead of log_softmax's output plus, in the backward, a zero-filled N x V
+    gradient, a scatter and log_softmax's backward. With a 50k vocabulary the loss is a
+    large share of a small model's step on CPU, where each fresh N x V buffer also costs
+    page faults. The backward consumes the buffer: no ``retain_graph`` through the loss.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        buf = torch.log_softmax(logits.float(), dim=-1)
+        loss = -buf.gather(1, targets[:, None]).mean()
+        buf.exp_()  # softmax
+        buf[torch.arange(buf.size(0), device=buf.device), targets] -= 1.0
+        ctx.in_dtype = logits.dtype
+        ctx.save_for_backward(buf)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (buf,) = ctx.saved_tensors
+        return buf.mul_(grad_out / buf.size(0)).to(ctx.in_dtype), None
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+    """Mean next-token cross-entropy (fp32 math, also under bf16 autocast)."""
+    logits = logits.reshape(-1, logits.size(-1))
+    if not torch.is_grad_enabled() or not logits.requires_grad:
+        return F.cross_entropy(logits.float(), targets.reshape(-1))
+    return _CrossEntropy.apply(logits, targets.reshape(-1))
 
 
 class GPT(nn.Module):

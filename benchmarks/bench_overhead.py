@@ -1,0 +1,115 @@
+"""The kit's own cost: `kit run` wall time vs the same pinned command run directly, and the
+monitor's CPU time.
+
+A first `kit run` (not timed) compiles/caches what a first run needs and gives the exact
+launcher argv (``logs/launcher.log``'s first line) and environment (``plan.json``'s env,
+``PYTHONUNBUFFERED``, a ``KIT_RUN_ID``). Then, alternating A B A B: A = the whole `kit run`
+process (start-up, plan, ranks, monitor, metrics, provenance, manifest), B = that launcher
+argv as a plain subprocess with the same environment. Medians of each and the ratio; the
+monitor's cost is ``monitor_cpu_s / duration_s`` from each A run's metrics.json (fraction of
+one core).
+
+    python benchmarks/bench_overhead.py --rounds 5 --json benchmarks/results/overhead.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, load, machine, median, write_json  # noqa: E402
+
+
+def kit_cmd(recipe: str, preset: str, sets: list[str], out: Path) -> list[str]:
+    kit = shutil.which("kit", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    base = [kit] if kit else [sys.executable, "-m", "kit"]
+    argv = [*base, "run", recipe, "--preset", preset, "--out", str(out)]
+    for s in sets:
+        argv += ["--set", s]
+    return argv
+
+
+def newest(out: Path) -> Path:
+    return max((p for p in out.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="tiny")
+    p.add_argument("--preset", default="baseline")
+    p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", default=None)
+    a = p.parse_args()
+    if a.quick:
+        a.rounds, a.sets = 1, [*a.sets, "train.iters=3", "train.warmup_iters=1"]
+    tmp = Path(tempfile.mkdtemp(prefix="kit-bench-overhead-"))
+    out = tmp / "results"
+    env0 = {k: v for k, v in os.environ.items() if not k.startswith("KIT_RUN_ID")}
+    cmd = kit_cmd(a.recipe, a.preset, a.sets, out)
+    print("kit run:", shlex.join(cmd), flush=True)
+    r = subprocess.run(cmd, env=env0, cwd=ROOT, capture_output=True, text=True)  # warm-up + the pinned argv
+    if r.returncode:
+        print(r.stdout[-3000:], r.stderr[-3000:])
+        return 1
+    b = newest(out)
+    first = (b / "logs" / "launcher.log").read_text().splitlines()[0]
+    assert first.startswith("# kit: ")
+    direct = shlex.split(first[len("# kit: "):])
+    plan = json.loads((b / "plan.json").read_text())
+    denv = {**env0, **plan.get("env", {}), "PYTHONUNBUFFERED": "1", "KIT_RUN_ID": "bench-direct"}
+    # the direct command writes torchrun's per-rank logs into its own folder, as kit's does
+    ddir = tmp / "direct-logs"
+    try:
+        i = direct.index("--log-dir")
+        direct[i + 1] = str(ddir)
+    except ValueError:
+        pass
+    print("direct:", shlex.join(direct), flush=True)
+    A, B, mon, loads = [], [], [], []
+    for rnd in range(a.rounds):
+        for which in (("kit", "direct") if rnd % 2 == 0 else ("direct", "kit")):
+            t0 = time.perf_counter()
+            if which == "kit":
+                rr = subprocess.run(cmd, env=env0, cwd=ROOT, capture_output=True, text=True)
+                A.append(time.perf_counter() - t0)
+                m = json.loads((newest(out) / "metrics.json").read_text())
+                dur = m["summary"]["duration_s"]
+                cpu = sum(n.get("monitor_cpu_s", 0.0) for n in m["nodes"].values())
+                mon.append({"monitor_cpu_s": cpu, "run_s": dur, "core_fraction": cpu / dur})
+            else:
+                shutil.rmtree(ddir, ignore_errors=True)
+                rr = subprocess.run(direct, env=denv, cwd=ROOT, capture_output=True, text=True)
+                B.append(time.perf_counter() - t0)
+            if rr.returncode:
+                print(f"{which} failed rc={rr.returncode}:", rr.stdout[-2000:], rr.stderr[-2000:])
+                return 1
+            loads.append(load())
+        print(f"round {rnd}: kit {A[-1]:.2f}s direct {B[-1]:.2f}s ratio {A[-1] / B[-1]:.3f} "
+              f"monitor {mon[-1]['core_fraction'] * 100:.2f}% of a core  load {loads[-1]}", flush=True)
+    ratio = median(A) / median(B)
+    doc = {"machine": machine(), "kit_cmd": cmd, "direct_cmd": direct, "direct_env_added": plan.get("env", {}),
+           "kit_wall_s": [round(x, 3) for x in A], "direct_wall_s": [round(x, 3) for x in B],
+           "median_kit_s": round(median(A), 3), "median_direct_s": round(median(B), 3),
+           "ratio_medians": round(ratio, 4), "per_round_ratio": [round(x / y, 4) for x, y in zip(A, B)],
+           "monitor": mon, "monitor_core_fraction_median": round(median([m["core_fraction"] for m in mon]), 5),
+           "loadavg_per_run": loads}
+    print(f"kit run {median(A):.2f}s vs direct {median(B):.2f}s: ratio {ratio:.3f}; monitor "
+          f"{doc['monitor_core_fraction_median'] * 100:.2f}% of one core", flush=True)
+    write_json(a.json, doc)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
