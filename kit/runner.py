@@ -171,9 +171,17 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         except KitError as e:
             start_error = f"on {socket.gethostname()}: {e}"
     kit_env.setdefault("PYTHONUNBUFFERED", "1")
-    argv = launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs)
-    argv = rt.wrap(argv, kit_env, cwd=cwd, binds=[b.path, cwd])
-    env = {**os.environ, **kit_env}
+    binds = [b.path, cwd]
+    if launcher.inside_runtime:  # torchrun runs in the image and starts the ranks there
+        argv = rt.wrap(launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs),
+                       kit_env, cwd=cwd, binds=binds)
+    else:  # mpirun/srun/mpiexec start each rank on the host: the runtime wraps each rank
+        argv = launcher.command(plan, rt.wrap(plan.rank_argv, kit_env, cwd=cwd, binds=binds),
+                                python=plan.python, log_dir=b.logs)
+    # In an image the kit's variables reach the ranks through the runtime (--env); the
+    # host-side processes (podman, mpirun) must not preload the image's allocator path.
+    env = {**os.environ, **kit_env} if plan.runtime == "host" else \
+        {**os.environ, **{k: v for k, v in kit_env.items() if k != "LD_PRELOAD"}}
 
     records: list[IterationRecord] = []
     last_progress = [time.monotonic()]
@@ -242,6 +250,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
                 rc = proc.wait()
                 reader.join(timeout=10)
                 monitor.stop()
+                rt.close()  # e.g. `podman rm -f`: nothing of the run outlives it
     duration = time.monotonic() - t_start
     log_text = log_path.read_text(errors="replace")
     rank_failures = launcher.failures(log_text)
@@ -332,7 +341,6 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
     prov["run"]["argv"] = provenance.redact_argv(argv)
     b.write_json("provenance.json", prov)
     b.finalize(status, reason)  # type: ignore[arg-type]
-    rt.close()
     out = Outcome(status=status, reason=reason, bundle=b, summary=summary)
     _print_result(out, console)
     return out

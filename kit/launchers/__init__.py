@@ -52,6 +52,10 @@ class Launcher(abc.ABC):
     batch: ClassVar[bool] = False
     #: for batch launchers: the direct launcher used inside the job
     inner: ClassVar[str | None] = None
+    #: True when the launcher itself runs inside the image and starts the ranks there
+    #: (torchrun); False when it starts each rank on the host (mpirun, srun, mpiexec), so
+    #: the runtime wraps each rank: ``mpiexec … singularity exec IMAGE python -m …``.
+    inside_runtime: ClassVar[bool] = False
 
     # -- settings -------------------------------------------------------------------------
     def applies(self, setting: str, value: object) -> str | None:

@@ -26,6 +26,8 @@ def free_port() -> int:
 
 @register("local")
 class LocalLauncher(Launcher):
+    inside_runtime = True
+
     def applies(self, setting: str, value: object) -> str | None:
         if setting == "ranks_per_node":
             return f"torchrun --nproc-per-node {value}"
