@@ -107,6 +107,26 @@ class _Interrupt:
             signal.signal(s, h)
 
 
+class _Background:
+    """``fn()`` in a daemon thread; ``result()`` waits for it (None if it raised)."""
+
+    def __init__(self, fn: Callable[[], Any]):
+        self._out: list[Any] = [None]
+
+        def work():
+            try:
+                self._out[0] = fn()
+            except Exception:  # finalize() then calls it itself
+                self._out[0] = None
+
+        self._thread = threading.Thread(target=work, name="kit-background", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        return self._out[0]
+
+
 def _kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_S) -> None:
     """SIGTERM the launcher's process group, SIGKILL what is left after ``grace`` seconds."""
     if proc.poll() is not None:
@@ -194,6 +214,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     timeout_first = plan.recipe.train.startup_timeout_s
     timeout_next = plan.recipe.train.stall_timeout_s
     rc: int | None = None
+    software_job = None
 
     with _Interrupt() as intr, ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
                                             f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
@@ -210,6 +231,9 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
                 proc = None
             if proc is not None:
                 monitor.start()
+                # the software inventory (a Python that imports torch) overlaps the ranks'
+                # start-up instead of adding seconds after they end
+                software_job = _Background(rt.inspect_software)
                 lock = threading.Lock()
 
                 def follow():
@@ -268,7 +292,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     return finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=[monitor.snapshot(), *(remote_monitors() if remote_monitors else [])],
                     rank_failures=rank_failures, launcher_rc=rc, argv=argv, kit_env=kit_env, env=env,
                     started=started, duration=duration, stacks=stacks, console=console,
-                    extra_provenance=extra_provenance)
+                    extra_provenance=extra_provenance, software=software_job.result() if software_job else None)
 
 
 def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -303,7 +327,8 @@ def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str,
 def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: list[IterationRecord],
              monitors: list[dict[str, Any]], rank_failures: dict[int, dict[str, object]], launcher_rc: int | None,
              argv: list[str], kit_env: dict[str, str], env: dict[str, str], started: str, duration: float,
-             stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None) -> Outcome:
+             stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None,
+             software: dict[str, Any] | None = None) -> Outcome:
     rank_peaks: dict[str, dict[str, float]] = {}
     for m in monitors:
         rank_peaks[m["node"]] = {r: s["peak_rss_mib"] for r, s in m["ranks"].items()}
@@ -329,7 +354,8 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
                                   "iterations": [rec.as_dict() for rec in records]})
     plan_summary = plan.summary()
     plan_summary["settings"] = _settings_seen(plan, monitors)
-    software = rt.inspect_software()
+    if software is None:
+        software = rt.inspect_software()
     prov = provenance.collect(plan_summary=plan_summary, env=env, software=software, runtime=rt.describe(), extra={
         "recipe": r.model_dump(by_alias=True),
         "preset": plan.preset.model_dump(),
