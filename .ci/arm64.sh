@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI step (idempotent): arm64 under emulation. Registers qemu-aarch64 with binfmt_misc,
 # makes the arm64 base (debootstrap --arch=arm64 + podman import --arch arm64, tarball
-# cached) and builds the a64fx image with tcmalloc (pip's cache, torch's aarch64 wheel
-# included, is kept in $KIT_CI_CACHE/pip between runs).
+# cached) and builds the a64fx image with tcmalloc, --staged: the host's own pip downloads
+# the pinned aarch64 wheels and unpacks them (kit.image.stage; wheels and the unpacked tree
+# kept in $KIT_CI_CACHE/wheels), so pip under emulation only checks them.
 # pytest's arm64 tests then run `kit run tiny --preset tuned` in it with QEMU_CPU=a64fx.
 #
 #   env: as .ci/image.sh (KIT_CI_CACHE, PYTHON); after it:
@@ -29,7 +30,7 @@ base_image arm64
 # 3. the a64fx image
 log "building localhost/kit:a64fx-tcmalloc (emulated)"
 "$PY" -m kit image build --target a64fx --tcmalloc --engine podman \
-  --base localhost/kit-base:bookworm-arm64 --pip-cache "$CACHE/pip" \
-  --context "$CACHE/ctx/a64fx-tcmalloc" 2>&1 | tee "$CACHE/logs/build-a64fx.log" | grep -E '^(STEP|built|kit:)' | cut -c1-160
+  --base localhost/kit-base:bookworm-arm64 --pip-cache "$CACHE/pip" --staged --wheel-cache "$CACHE/wheels" \
+  --context "$CACHE/ctx/a64fx-tcmalloc" 2>&1 | tee "$CACHE/logs/build-a64fx.log" | grep -E '^(STEP|built|staged|kit:)' | cut -c1-160
 podman image prune -f >/dev/null 2>&1 || true   # old untagged builds
 log "done; export CONTAINERS_CONF=$CONF"

@@ -12,8 +12,8 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
-LABEL org.kit.constraints.sha256 29f0652a9307ae845a81fb768b350aa3a1c4b613a913f3445fc8d22e5ecabde8
-LABEL org.kit.recipe.sha256 f846a08d731c5e10ce8341cc0ed223de0633539934226a333c72d3d5280e3c3e
+LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.recipe.sha256 1097a1c9e58baa6decf0746f8cabc8598e6fe7e32953542d5366c1a58f3b11b7
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -12,8 +12,8 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4
-LABEL org.kit.constraints.sha256 29f0652a9307ae845a81fb768b350aa3a1c4b613a913f3445fc8d22e5ecabde8
-LABEL org.kit.recipe.sha256 2145e20d59914fe381b59d021d387cb6dee6662dd00d68a68301bcf8d29496b8
+LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.recipe.sha256 836a81a5bc42223e9ccd2a6e8cf05c2abebb2866e8c463ea2b20e216ec6eb82c
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -37,7 +37,7 @@ def a64fx_image():
     why = binfmt_ready() or podman_ready("arm64")
     if why:
         pytest.skip(why)
-    return build_image("a64fx", "arm64", [])
+    return build_image("a64fx", "arm64", [], staged=True)
 
 
 @pytest.mark.arm64
@@ -45,6 +45,31 @@ def test_a64fx_image_is_arm64_with_tcmalloc(a64fx_image):
     assert a64fx_image["arch"] == "arm64"
     assert a64fx_image["labels"]["org.kit.target"] == "a64fx"
     assert a64fx_image["labels"]["org.kit.tcmalloc.path"] == "/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4"
+    assert a64fx_image["labels"]["org.kit.staged"] == "host"
+
+
+@pytest.mark.arm64
+def test_a64fx_staged_venv_has_the_pins_scripts_and_kit(a64fx_image):
+    """The host-staged venv is a working pip venv: pins as versions.yaml says, pip check clean,
+    console scripts (torchrun) run, the kit's workload module imports."""
+    import subprocess
+
+    from kit.image.recipe import load_versions
+
+    v = load_versions()
+    script = ("set -e; pip check; pip freeze; torchrun --help >/dev/null && echo TORCHRUN_OK; "
+              "python3 -m kit.workload --help >/dev/null 2>&1; echo WORKLOAD_RC=$?; "
+              "python3 -c 'import kit.workload, deepspeed, numpy; print(\"IMPORT_OK\")'")
+    r = subprocess.run(["podman", "run", "--rm", "--arch", "arm64", a64fx_image["ref"], "sh", "-c", script],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    freeze = dict(ln.split("==", 1) for ln in r.stdout.splitlines() if "==" in ln)
+    assert freeze["torch"] == str(v["targets"]["a64fx"]["torch"]) and freeze["deepspeed"] == str(v["deepspeed"])
+    for c in v["constraints"]:
+        name, _, ver = c.partition("==")
+        if name in freeze:
+            assert freeze[name] == ver, c
+    assert "TORCHRUN_OK" in r.stdout and "IMPORT_OK" in r.stdout
 
 
 @pytest.mark.arm64

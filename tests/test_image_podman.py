@@ -36,12 +36,12 @@ def podman_ready(arch: str) -> str | None:
     return None
 
 
-def build_image(target: str, arch: str, wheelhouse: list[Path]) -> dict:
+def build_image(target: str, arch: str, wheelhouse: list[Path], *, staged: bool = False) -> dict:
     from kit.image import build as b
 
-    plan = b.prepare(RecipeOptions(target, True, base=BASE[arch]), engine="podman",
+    plan = b.prepare(RecipeOptions(target, True, base=BASE[arch], staged=staged), engine="podman",
                      context=CACHE / "ctx" / f"{target}-tcmalloc", wheelhouse=wheelhouse,
-                     pip_cache=CACHE / "pip")
+                     pip_cache=CACHE / "pip", wheel_cache=CACHE / "wheels")
     return b.run(plan)
 
 

@@ -28,6 +28,8 @@ CASES = {
     "a64fx-tcmalloc": RecipeOptions("a64fx", True),
     "x86_64-glibc-localbase": RecipeOptions("x86_64", False, base="localhost/kit-base:bookworm-amd64"),
     "a64fx-glibc-localbase": RecipeOptions("a64fx", False, base="localhost/kit-base:bookworm-arm64"),
+    "a64fx-tcmalloc-localbase-staged": RecipeOptions("a64fx", True, base="localhost/kit-base:bookworm-arm64",
+                                                     staged=True),
 }
 
 

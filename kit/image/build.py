@@ -114,10 +114,19 @@ class BuildPlan:
                 "source_sha256": self.source_sha256, "wheel": str(self.wheel) if self.wheel else None}
 
 
+def default_wheel_cache() -> Path:
+    return Path(os.environ.get("KIT_WHEEL_CACHE") or Path.home() / ".cache" / "kit" / "wheels")
+
+
 def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | None = None,
             wheelhouse: list[Path] | None = None, pip_cache: Path | None = None,
-            ca_bundle: str | None = "auto", extra_args: list[str] | None = None) -> BuildPlan:
-    """Write the build context and compose the engine's command line (nothing is built)."""
+            ca_bundle: str | None = "auto", extra_args: list[str] | None = None,
+            wheel_cache: Path | None = None, log=None) -> BuildPlan:
+    """Write the build context and compose the engine's command line (nothing is built).
+
+    With ``options.staged`` the host resolves, downloads and unpacks the pinned packages for
+    the target into ``wheelhouse/venv`` first (``kit.image.stage``; wheels and the unpacked
+    tree are cached in ``wheel_cache``)."""
     recipe = render(options)
     root = repo_root()
     wheel_name = recipe.target.get("torch_wheel")
@@ -137,6 +146,19 @@ def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | No
     (context / "wheelhouse").mkdir()
     if wheel is not None:
         _link_or_copy(wheel, context / "wheelhouse" / wheel.name)
+    if options.staged:
+        from kit.image import stage
+        from kit.image.recipe import STAGED_VENV, VENV, load_versions
+
+        cache = wheel_cache or default_wheel_cache()
+        if wheel is not None:  # the target's torch wheel from --wheelhouse (x86_64's CPU build)
+            _link_or_copy(wheel, cache / recipe.target["machine"] / wheel.name)
+        t0 = time.monotonic()
+        staged = stage.stage(options.target, load_versions(), root=root, wheel_cache=cache,
+                             dest=context / "wheelhouse" / Path(STAGED_VENV).relative_to(WHEELHOUSE), prefix=VENV,
+                             log=log)
+        print(f"staged {len(staged['wheels'])} packages for {options.target} on the host in "
+              f"{time.monotonic() - t0:.1f} s ({staged['tree']})", file=log or sys.stderr, flush=True)
     files = kit_source_files(root)
     src_sha = source_sha256(root, files)
     for f in files:

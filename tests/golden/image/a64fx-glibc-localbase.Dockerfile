@@ -11,8 +11,8 @@ LABEL org.kit.torch 2.10.0
 LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc none
-LABEL org.kit.constraints.sha256 29f0652a9307ae845a81fb768b350aa3a1c4b613a913f3445fc8d22e5ecabde8
-LABEL org.kit.recipe.sha256 099b14da59ce4494989ac52b6f6f98880d43cf44c8c8440399e723c768d10ad1
+LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.recipe.sha256 fa41ee9b31a018ff7d8f8cc53adea4bf6601d6f6c576b6968f0d324f9a2a1f31
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

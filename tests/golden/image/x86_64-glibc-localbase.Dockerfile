@@ -11,8 +11,8 @@ LABEL org.kit.torch 2.13.0+cpu
 LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc none
-LABEL org.kit.constraints.sha256 29f0652a9307ae845a81fb768b350aa3a1c4b613a913f3445fc8d22e5ecabde8
-LABEL org.kit.recipe.sha256 a3c34168e076101952b328427c5b3ecbb58fc9d6788b7e318e73fd9f5e155ab8
+LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.recipe.sha256 7ae4a31380b7b380fc0c4d664b6930f0eebce760e800335bd42ed89799fdbe59
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1
