@@ -51,14 +51,14 @@ def test_a64fx_image_is_arm64_with_tcmalloc(a64fx_image):
 @pytest.mark.arm64
 def test_a64fx_staged_venv_has_the_pins_scripts_and_kit(a64fx_image):
     """The host-staged venv is a working pip venv: pins as versions.yaml says, pip check clean,
-    console scripts (torchrun) run, the kit's workload module imports."""
+    console scripts (torchrun) run, the kit's workload module imports (kit run tiny, below,
+    runs it)."""
     import subprocess
 
     from kit.image.recipe import load_versions
 
     v = load_versions()
     script = ("set -e; pip check; pip freeze; torchrun --help >/dev/null && echo TORCHRUN_OK; "
-              "python3 -m kit.workload --help >/dev/null 2>&1; echo WORKLOAD_RC=$?; "
               "python3 -c 'import kit.workload, deepspeed, numpy; print(\"IMPORT_OK\")'")
     r = subprocess.run(["podman", "run", "--rm", "--arch", "arm64", a64fx_image["ref"], "sh", "-c", script],
                        capture_output=True, text=True, timeout=900)
