@@ -383,6 +383,11 @@ def run(a: Args) -> int:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if a.dtype == "bf16":
+        # The engine runs forward under its own autocast setting and turns an outer
+        # torch.autocast off (its "enabled outside DeepSpeed but disabled within" warning):
+        # without this section a bf16 run silently computes in fp32.
+        ds_config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config, mpu=mpu)
     if a.zero == 0:
