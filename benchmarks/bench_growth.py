@@ -41,14 +41,19 @@ def clone(src: Path, dst_dir: Path, i: int) -> Path:
     new_id = re.sub(r"_[0-9a-f]{6}$", f"_{i:06x}", m["id"])
     dst = dst_dir / new_id
     shutil.copytree(src, dst)
+    # every copy gets its own recipe document (a different seed), as the points of a sweep do,
+    # so nothing is measured that only holds for identical bundles
+    rec = dst / "recipe.yaml"
+    if rec.is_file():
+        rec.write_text(re.sub(r"(?m)^(\s*seed:\s*)\d+", lambda m: f"{m.group(1)}{1000 + i}", rec.read_text()))
     b = Bundle.open(dst)
     b.manifest.id = new_id
     b.finalize(b.manifest.status, b.manifest.reason)
     return dst
 
 
-def child_run(argv: list[str]) -> tuple[float, float, int]:
-    """wall seconds, the child's peak RSS in MiB, exit code (one child at a time)."""
+def child_run(argv: list[str]) -> tuple[float, float, int, float]:
+    """wall seconds, the child's peak RSS in MiB, exit code, its CPU seconds (user + sys)."""
     t0 = time.perf_counter()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -57,7 +62,8 @@ def child_run(argv: list[str]) -> tuple[float, float, int]:
         os.dup2(fd, 2)
         os.execvp(argv[0], argv)
     _, status, ru = os.wait4(pid, 0)
-    return time.perf_counter() - t0, ru.ru_maxrss / 1024, os.waitstatus_to_exitcode(status)
+    return (time.perf_counter() - t0, ru.ru_maxrss / 1024, os.waitstatus_to_exitcode(status),
+            ru.ru_utime + ru.ru_stime)
 
 
 def main() -> int:
@@ -91,13 +97,13 @@ def main() -> int:
     kit = kit_exe()
     report, loads = [], []
     for _ in range(a.rounds):
-        wall, rss, rc = child_run([*kit, "report", str(many)])
+        wall, rss, rc, cpu = child_run([*kit, "report", str(many)])
         if rc:
             print("kit report failed", rc)
             return 1
-        report.append((wall, rss))
+        report.append((wall, rss, cpu))
         loads.append(load())
-        print(f"kit report over {a.bundles}: {wall:.2f}s, peak RSS {rss:.0f} MiB, load {loads[-1]}", flush=True)
+        print(f"kit report over {a.bundles}: {wall:.2f}s (CPU {cpu:.2f}s), peak RSS {rss:.0f} MiB, load {loads[-1]}", flush=True)
     # the no-op floor: kit's own start-up
     floor = [child_run([*kit, "--help"])[0] for _ in range(a.rounds)]
 
@@ -112,7 +118,7 @@ def main() -> int:
     ver = {"small": [], "big": []}
     for rnd in range(a.rounds):
         for which in (("big", "small") if rnd % 2 == 0 else ("small", "big")):
-            wall, rss, rc = child_run([*kit, "bundle", "verify", str(big if which == "big" else small)])
+            wall, rss, rc, _ = child_run([*kit, "bundle", "verify", str(big if which == "big" else small)])
             if rc:
                 print(f"verify {which} failed rc={rc}")
                 return 1
@@ -122,6 +128,7 @@ def main() -> int:
     doc = {"machine": machine(), "bundles": a.bundles, "seed_bundle": src.name, "make_s": round(made_s, 2),
            "report_wall_s": [round(x[0], 3) for x in report], "report_peak_rss_mib": [round(x[1], 1) for x in report],
            "report_median_s": round(median([x[0] for x in report]), 3),
+           "report_cpu_s": [round(x[2], 3) for x in report],
            "kit_help_median_s": round(median(floor), 3), "loadavg": loads,
            "verify": {k: {"wall_s": [round(x[0], 3) for x in v], "peak_rss_mib": [round(x[1], 1) for x in v]}
                       for k, v in ver.items()},

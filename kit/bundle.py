@@ -18,6 +18,7 @@ in the same second into one directory (exclusive ``mkdir`` with a random suffix)
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import os
@@ -274,6 +275,21 @@ DOCUMENT_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
+# libyaml's safe loader where PyYAML has it: `kit report` checks two YAML files per bundle
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=256)
+def _yaml_mapping_problem(text: str) -> str | None:
+    """Why ``text`` is not a YAML mapping, or None. Cached by content: the bundles of one
+    sweep share their recipe and preset documents."""
+    try:
+        doc = yaml.load(text, Loader=_YAML_LOADER)
+    except yaml.YAMLError as e:
+        return f"not valid YAML ({str(e).splitlines()[0]})"
+    return None if isinstance(doc, dict) else "not a YAML mapping"
+
+
 def _check_documents(path: Path, m: Manifest) -> list[str]:
     """Schema of the documents readers parse: valid JSON/YAML mappings with the keys they need."""
     problems: list[str] = []
@@ -303,10 +319,9 @@ def _check_documents(path: Path, m: Manifest) -> list[str]:
         if rel not in m.files or not p.is_file() or p.is_symlink():
             continue
         try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            problems.append(f"{p}: schema: not valid YAML ({str(e).splitlines()[0]})")
-            continue
-        if not isinstance(doc, dict):
-            problems.append(f"{p}: schema: not a YAML mapping")
+            problem = _yaml_mapping_problem(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            problem = f"not valid YAML ({str(e).splitlines()[0]})"
+        if problem:
+            problems.append(f"{p}: schema: {problem}")
     return problems
