@@ -9,7 +9,6 @@ shows up as such.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import shutil
@@ -84,7 +83,3 @@ def mapped_allocator(pid: int) -> dict[str, object]:
         kind = "glibc"
     return {"pid": pid, "allocator": kind, "libraries": libs}
 
-
-def glob_tcmalloc_in(root: str) -> list[str]:
-    """tcmalloc libraries under ``root`` (used for images unpacked on disk)."""
-    return sorted(set(glob.glob(f"{root}/**/libtcmalloc*.so*", recursive=True)))

@@ -7,7 +7,6 @@ logged iteration, so a log file shows the same facts.
 from __future__ import annotations
 
 import statistics
-import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,7 +21,6 @@ class ProgressView:
         self.live = console.is_terminal
         self._progress = None
         self._task = None
-        self._started = time.monotonic()
 
     def __enter__(self) -> "ProgressView":
         if self.live:

@@ -16,7 +16,7 @@ from typing import Any
 
 import kit
 from kit import hostinfo
-from kit.redact import redact_argv, redact_env  # noqa: F401 (redact_argv re-exported)
+from kit.redact import redact_env
 
 _SOFTWARE_SCRIPT = r"""
 import json, platform, sys
@@ -70,9 +70,6 @@ def kit_source() -> dict[str, Any]:
     return out
 
 
-def training_environment(env: dict[str, str]) -> dict[str, str]:
-    return redact_env(env)
-
 
 def collect(*, plan_summary: dict[str, Any], env: dict[str, str], software: dict[str, Any],
             runtime: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -83,7 +80,7 @@ def collect(*, plan_summary: dict[str, Any], env: dict[str, str], software: dict
         "software": software,
         "host": hostinfo.describe(),
         "scheduler": hostinfo.scheduler_vars(env),
-        "environment": training_environment(env),
+        "environment": redact_env(env),
         "cwd": os.getcwd(),
         **(extra or {}),
     }

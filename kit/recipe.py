@@ -115,9 +115,6 @@ class Recipe(_Strict):
         return self
 
     # -- derived --------------------------------------------------------------------------
-    def layout_world(self, dp: int) -> int:
-        return dp * self.parallel.tp * self.parallel.pp
-
     def content_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(by_alias=True), sort_keys=True).encode()).hexdigest()
 
@@ -132,7 +129,7 @@ class Recipe(_Strict):
             key = match.group(1)
             if key not in fields:
                 raise KitError(f"command: unknown placeholder {{{key}}}", where=f"recipe {self.name}",
-                               fix=f"use one of {{python}}, {{data}}, {{checkpoint_flag}} or a value such as {{model.layers}}")
+                               fix="use one of {python}, {data}, {checkpoint_flag} or a value such as {model.layers}")
             return str(fields[key])
 
         rendered = (_PLACEHOLDER.sub(fill, arg) for arg in self.command)

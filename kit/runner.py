@@ -41,6 +41,7 @@ from kit.errors import KitError
 from kit.logparse import IterationRecord, parse_line
 from kit.monitor import Monitor
 from kit.plan import Plan
+from kit.redact import redact_argv
 from kit.progress import ProgressView
 
 EXIT_CODES = {"ok": 0, "submitted": 0, "failed": 1, "stalled": 3, "interrupted": 130}
@@ -347,11 +348,16 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
                              "peak_rss_mib": round(s["peak_rss_mib"], 1), "allocator": s["allocator"]}
     for rk, f in rank_failures.items():
         ranks_out.setdefault(str(rk), {}).update(f)
-    b.write_json("metrics.json", {"summary": summary, "ranks": ranks_out,
-                                  "nodes": {m["node"]: {"peak_mem_mib": round(sum(s["peak_rss_mib"] for s in m["ranks"].values()), 1),
-                                                        "ranks": sorted(int(x) for x in m["ranks"]),
-                                                        "monitor_cpu_s": m["monitor_cpu_s"]} for m in monitors},
-                                  "iterations": [rec.as_dict() for rec in records]})
+    per_node_peak = summary["peak_mem_mib_per_node"] or {}
+    metrics_doc = {
+        "summary": summary,
+        "ranks": ranks_out,
+        "nodes": {m["node"]: {"peak_mem_mib": per_node_peak.get(m["node"]),
+                              "ranks": sorted(int(x) for x in m["ranks"]),
+                              "monitor_cpu_s": m["monitor_cpu_s"]} for m in monitors},
+        "iterations": [rec.as_dict() for rec in records],
+    }
+    b.write_json("metrics.json", metrics_doc)
     plan_summary = plan.summary()
     plan_summary["settings"] = _settings_seen(plan, monitors)
     if software is None:
@@ -359,23 +365,25 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
     prov = provenance.collect(plan_summary=plan_summary, env=env, software=software, runtime=rt.describe(), extra={
         "recipe": r.model_dump(by_alias=True),
         "preset": plan.preset.model_dump(),
-        "run": {"argv": argv, "kit_env": sorted(kit_env), "launcher": launchers.get(plan.launcher).name,
+        "run": {"argv": redact_argv(argv), "kit_env": sorted(kit_env), "launcher": plan.launcher,
                 "launcher_exit_code": launcher_rc, "started": started, "ended": bundle_mod.now_iso(),
                 "duration_s": round(duration, 3), "stacks": stacks},
         **(extra_provenance or {}),
     })
-    prov["run"]["argv"] = provenance.redact_argv(argv)
     b.write_json("provenance.json", prov)
     b.finalize(status, reason)  # type: ignore[arg-type]
     out = Outcome(status=status, reason=reason, bundle=b, summary=summary)
-    _print_result(out, console)
+    _print_result(out, console, table.bundle_row(b.manifest.model_dump(), metrics_doc, prov))
     return out
 
 
-def _print_result(out: Outcome, console: Console) -> None:
+def _print_result(out: Outcome, console: Console, rowtext: str | None = None) -> None:
+    """The run's table row (read back from the bundle unless given), status and path."""
     b = out.bundle
-    m = bundle_mod.read_manifest(b.path).model_dump()
-    rowtext = table.bundle_row(m, bundle_mod.load_json(b.path, "metrics.json"), bundle_mod.load_json(b.path, "provenance.json"))
+    if rowtext is None:
+        rowtext = table.bundle_row(bundle_mod.read_manifest(b.path).model_dump(),
+                                   bundle_mod.load_json(b.path, "metrics.json"),
+                                   bundle_mod.load_json(b.path, "provenance.json"))
     console.print(table.HEADER, highlight=False, markup=False, soft_wrap=True)
     console.print(rowtext, highlight=False, markup=False, soft_wrap=True)
     colour = {"ok": "green", "failed": "red", "stalled": "yellow", "interrupted": "yellow"}.get(out.status, "white")

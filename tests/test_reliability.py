@@ -7,7 +7,6 @@ Every test here provokes the real failure: a rank that really stops calling coll
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

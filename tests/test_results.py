@@ -14,7 +14,7 @@ import pytest
 
 from kit import bundle as bundle_mod
 from kit.errors import KitError
-from kit.results import VerificationFailed, archive, compare, report, store
+from kit.results import archive, compare, store
 from conftest import kit_cli
 
 pytestmark = pytest.mark.slow  # every test here reads bundles of real training runs

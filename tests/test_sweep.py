@@ -80,7 +80,7 @@ grids:
     proc = kit_cli("sweep", str(sf), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
-    assert f"[1/3] tiny [baseline]" in text and f"done, skipped ({adopted.name})" in text
+    assert "[1/3] tiny [baseline]" in text and f"done, skipped ({adopted.name})" in text
     assert "[2/3] tiny [tcmalloc]" in text and "running" in text
     assert "[3/3] tiny [mpn4] tp4" in text and "known to hang" in text
     new = [p for p in store.find([out]) if p != adopted]

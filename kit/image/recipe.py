@@ -193,7 +193,7 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         *(f"    {k} {v}" for k, v in labels.items()),
         "",
         "%files",
-        f"    constraints.txt /opt/kit/constraints.txt",
+        "    constraints.txt /opt/kit/constraints.txt",
         f"    wheelhouse {WHEELHOUSE}",
         f"    kit-src {SRC}",
         "",
