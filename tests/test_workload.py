@@ -74,6 +74,39 @@ def assert_ok(proc: subprocess.CompletedProcess, iters: int) -> list[dict]:
 
 # --- fast unit checks ---
 
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_fused_head_loss_matches_cross_entropy(dtype: str) -> None:
+    """lm_loss (LM head + loss as one op, in-place softmax, reused buffer) gives the value and
+    gradients of F.cross_entropy(F.linear(...)), including an incoming gradient != 1 (the
+    engine scales the loss by 1/gradient-accumulation steps) and a second step that reuses
+    the pooled buffer."""
+    import torch
+    import torch.nn.functional as F
+
+    from kit.workload.model import lm_loss
+
+    torch.manual_seed(0)
+    x0, w0 = torch.randn(2, 48, 32), torch.randn(300, 32) * 0.5
+    t = torch.randint(0, 300, (2, 48))
+    amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16")
+    tol = dict(rtol=0, atol=1e-6) if dtype == "fp32" else dict(rtol=0, atol=4e-3)
+
+    def grads(fn):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with amp:
+            loss = fn(x, w)
+        (loss * 0.25).backward()
+        return loss.detach(), x.grad, w.grad
+
+    ref = grads(lambda x, w: F.cross_entropy(F.linear(x, w).float().flatten(0, 1), t.flatten()))
+    for _ in range(2):  # the second call takes the buffer the first one gave back
+        got = grads(lambda x, w: lm_loss(x, w, t))
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, **tol)
+    with torch.no_grad():
+        torch.testing.assert_close(lm_loss(x0, w0, t), ref[0], **tol)
+
+
 def test_format_line_is_megatrons() -> None:
     line = format_line(iteration=3, iters=20, consumed=24, ms=123.45, lr=6e-4, gbs=8, loss=10.5,
                        grad_norm=1.5, samples_per_s=64.8, tflops=0.0123)
