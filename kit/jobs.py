@@ -354,7 +354,7 @@ def _stats(bundle_dir: Path, launcher: str) -> dict[str, str]:
 def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: JobState, console: Console):
     """The job ended before ``kit job-run`` finalized the bundle: finalize it from what is left."""
     from kit import runner
-    from kit.logparse import parse_lines
+    from kit.logparse import device_memory_peaks, parse_lines
 
     plan = load_plan(b.path / "plan.json")
     stats = _stats(b.path, launcher.name)
@@ -392,7 +392,8 @@ def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: Jo
             "note": "host/software in this provenance describe the machine that collected the bundle, "
                     "not the job's nodes (the job died before the kit could record them)"}
     return runner.finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=monitors,
-                           rank_failures=inner.failures(log_text), launcher_rc=None,
+                           rank_failures=inner.failures(log_text),
+                           device_memory=device_memory_peaks(log_text.splitlines()), launcher_rc=None,
                            argv=argv_line.split() if argv_line else [], kit_env=kit_env,
                            env={**kit_env}, started=started, duration=_elapsed_since(started),
                            stacks={}, console=console, extra_provenance={"job": info})

@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 
 _ITER = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 ()/_.-]*?)\s*:\s*([-+0-9.eEinfnaINFNA]+)\s*$")
-_MEM = re.compile(r"CPU memory \(MB\)\s*\|\s*used:\s*([\d.]+)")
+# Megatron's report_memory: "[Rank 3] (after 10 iterations) memory (MB) | allocated: 1.5 |
+# max allocated: 2.0 | reserved: 4.0 | max reserved: 4.0" (CUDA caching allocator), and the
+# psutil variant some forks print: "[Rank 0] CPU memory (MB) | used: 7718.0 | ...".
+_MEM = re.compile(r"\b(CPU )?memory \(MB\)\s*((?:\|[^|]*)+)$")
+_RANK = re.compile(r"\[Rank (\d+)\]")
 
 _NAMES = {
     "consumed samples": "consumed_samples",
@@ -68,10 +72,46 @@ def parse_line(line: str) -> IterationRecord | None:
     return rec
 
 
-def parse_memory_mb(line: str) -> float | None:
-    """Megatron's psutil memory report (``CPU memory (MB) | used: X``), if the line is one."""
+@dataclass
+class MemoryReport:
+    rank: int | None  # the "[Rank N]" prefix, when the line has one
+    device: str  # "cuda" (report_memory) or "cpu" (the psutil variant)
+    fields: dict[str, float]  # MiB: allocated, max_allocated, reserved, max_reserved; or used, ...
+
+
+def parse_memory_report(line: str) -> MemoryReport | None:
+    """A Megatron memory report line (see ``_MEM``), if the line is one."""
     m = _MEM.search(line)
-    return float(m.group(1)) if m else None
+    if not m:
+        return None
+    fields: dict[str, float] = {}
+    for part in m.group(2).split("|"):
+        name, sep, value = part.partition(":")
+        if not sep:
+            continue
+        try:
+            fields[re.sub(r"[^a-z0-9]+", "_", name.strip().lower()).strip("_")] = float(value)
+        except ValueError:
+            continue
+    if not fields:
+        return None
+    rank = _RANK.search(line, 0, m.start())
+    return MemoryReport(rank=int(rank.group(1)) if rank else None,
+                        device="cpu" if m.group(1) else "cuda", fields=fields)
+
+
+def device_memory_peaks(lines) -> dict[str, dict[str, float]]:
+    """Per rank ("unlabelled" without a ``[Rank N]`` prefix), the largest value of each field
+    of the CUDA memory reports in ``lines``; {} when there are none (a CPU run)."""
+    peaks: dict[str, dict[str, float]] = {}
+    for line in lines:
+        rep = parse_memory_report(line)
+        if rep is None or rep.device != "cuda":
+            continue
+        d = peaks.setdefault("unlabelled" if rep.rank is None else str(rep.rank), {})
+        for k, v in rep.fields.items():
+            d[k] = max(d.get(k, v), v)
+    return peaks
 
 
 def parse_lines(lines) -> list[IterationRecord]:

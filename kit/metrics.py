@@ -6,6 +6,9 @@
 - ``samples_per_sec``, ``tokens_per_sec``, ``final_loss``.
 - ``peak_mem_mib``: per node, the sum over the node's ranks of each rank process tree's
   peak RSS; the largest node's value.
+- ``device_peak_allocated_mib`` / ``device_peak_reserved_mib``: on GPUs, the largest
+  ``max allocated`` / ``max reserved`` of any rank's memory report (Megatron's
+  ``report_memory`` line, which the built-in workload prints on CUDA); None on CPUs.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from kit.logparse import IterationRecord
 def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: int, vocab: int,
               global_batch: int, checkpoint_activations: bool, tp: int, world_size: int,
               ranks_per_node: int, nodes: int, warmup_iters: int,
-              rank_peak_rss_mib: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+              rank_peak_rss_mib: dict[str, dict[str, float]] | None = None,
+              device_memory: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """The metrics summary. Values that were not measured are None, never estimated."""
     timed = [r for r in records if r.iteration > warmup_iters and r.elapsed_s is not None]
     summary: dict[str, Any] = {
@@ -32,6 +36,7 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
         "samples_per_sec": None, "tokens_per_sec": None,
         "final_loss": records[-1].fields.get("loss") if records else None,
         "peak_mem_mib": None, "peak_mem_mib_per_node": None,
+        "device_peak_allocated_mib": None, "device_peak_reserved_mib": None,
         "world_size": world_size, "ranks_per_node": ranks_per_node, "nodes": nodes,
     }
     if timed:
@@ -50,4 +55,7 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
         per_node = {node: round(sum(ranks.values()), 1) for node, ranks in rank_peak_rss_mib.items()}
         summary["peak_mem_mib_per_node"] = per_node
         summary["peak_mem_mib"] = max(per_node.values()) if per_node else None
+    for field in ("allocated", "reserved"):
+        seen = [d[f"max_{field}"] for d in (device_memory or {}).values() if f"max_{field}" in d]
+        summary[f"device_peak_{field}_mib"] = max(seen) if seen else None
     return summary

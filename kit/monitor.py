@@ -2,13 +2,14 @@
 
 Ranks are found by the run id the kit puts in their environment (``KIT_RUN_ID``) and by
 their command line (the pinned argv), whoever started them: torchrun's children, mpirun's,
-slurmstepd's under srun, or a container's. For each rank the monitor keeps the peak RSS of
-the rank's whole process tree (psutil), which allocator its memory map shows
-(``/proc/<pid>/maps``), and when it was last seen alive.
+slurmstepd's under srun, or a container's. For each rank the monitor keeps its peak RSS: the
+larger of the rank process's own high-water mark (``VmHWM``, exact) and the sampled RSS of
+its whole process tree (helpers such as compile workers); which allocator its memory map
+shows (``/proc/<pid>/maps``); and when it was last seen alive.
 
 Sampling reads a few ``/proc`` files per rank every ``interval`` seconds; a full scan of
-the process table happens only until every expected rank is found, then every
-``rescan_s`` seconds.
+the process table (to find ranks, and each rank's child processes) happens only until
+every expected rank is found, then every ``rescan_s`` seconds.
 """
 
 from __future__ import annotations
@@ -47,18 +48,27 @@ def _environ(p: psutil.Process) -> dict[str, str] | None:
         return None
 
 
-def _tree_rss(p: psutil.Process) -> float:
+def _rss_mib(procs: list[psutil.Process]) -> float:
     total = 0
-    try:
-        procs = [p, *p.children(recursive=True)]
-    except psutil.Error:
-        return 0.0
     for q in procs:
         try:
             total += q.memory_info().rss
         except psutil.Error:
             pass
     return total / MIB
+
+
+def _hwm_mib(pid: int) -> float:
+    """The kernel's high-water mark of the process's RSS (``VmHWM``): its exact peak, which
+    sampling can miss between two samples. 0 where /proc has no such line."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MIB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
 
 
 class Monitor:
@@ -74,6 +84,7 @@ class Monitor:
         self.node = node or socket.gethostname()
         self.ranks: dict[int, RankSample] = {}
         self._procs: dict[int, psutil.Process] = {}
+        self._children: dict[int, list[psutil.Process]] = {}  # per rank, refreshed at each scan
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="kit-monitor", daemon=True)
         self._last_scan = 0.0
@@ -138,6 +149,13 @@ class Monitor:
                                                   local_rank=int(renv.get("LOCAL_RANK", 0)),
                                                   first_seen=now, last_seen=now)
                     self._procs[rank] = p
+        with self._lock:
+            procs = list(self._procs.items())
+        for rank, p in procs:
+            try:
+                self._children[rank] = p.children(recursive=True)
+            except psutil.Error:
+                self._children[rank] = []
 
     def sample(self) -> None:
         now = time.time()
@@ -156,9 +174,9 @@ class Monitor:
             if not alive:
                 s.alive = False
                 continue
-            rss = _tree_rss(p)
+            rss = _rss_mib([p, *self._children.get(rank, [])])
             s.last_rss_mib = rss
-            s.peak_rss_mib = max(s.peak_rss_mib, rss)
+            s.peak_rss_mib = max(s.peak_rss_mib, rss, _hwm_mib(p.pid))
             s.last_seen = now
             if s.allocator.get("allocator") in (None, "unknown") or now - s.first_seen < 3:
                 s.allocator = allocator.mapped_allocator(p.pid)

@@ -35,7 +35,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import allocator, bundle as bundle_mod, hostinfo, launchers, metrics, provenance, runtimes, table
+from kit import allocator, bundle as bundle_mod, hostinfo, launchers, logparse, metrics, provenance, runtimes, table
 from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.logparse import IterationRecord, parse_line
@@ -250,8 +250,12 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
 
                 reader = threading.Thread(target=follow, name="kit-log-reader", daemon=True)
                 reader.start()
-                while proc.poll() is None:
-                    time.sleep(0.2)
+                while True:
+                    try:  # returns as soon as the launcher exits (a sleep would add up to 0.2 s)
+                        proc.wait(timeout=0.2)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
                     if intr.signum is not None:
                         status = "interrupted"
                         reason = f"{signal.Signals(intr.signum).name} received by kit; ranks stopped"
@@ -291,7 +295,8 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         elif not records:
             status, reason = "failed", "the training command logged no iteration (see logs/launcher.log)"
     return finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=[monitor.snapshot(), *(remote_monitors() if remote_monitors else [])],
-                    rank_failures=rank_failures, launcher_rc=rc, argv=argv, kit_env=kit_env, env=env,
+                    rank_failures=rank_failures, device_memory=logparse.device_memory_peaks(log_text.splitlines()),
+                    launcher_rc=rc, argv=argv, kit_env=kit_env, env=env,
                     started=started, duration=duration, stacks=stacks, console=console,
                     extra_provenance=extra_provenance, software=software_job.result() if software_job else None)
 
@@ -327,7 +332,7 @@ def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str,
 
 def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: list[IterationRecord],
              monitors: list[dict[str, Any]], rank_failures: dict[int, dict[str, object]], launcher_rc: int | None,
-             argv: list[str], kit_env: dict[str, str], env: dict[str, str], started: str, duration: float,
+             device_memory: dict[str, dict[str, float]] | None = None, argv: list[str], kit_env: dict[str, str], env: dict[str, str], started: str, duration: float,
              stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None,
              software: dict[str, Any] | None = None) -> Outcome:
     rank_peaks: dict[str, dict[str, float]] = {}
@@ -338,7 +343,8 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
                                 vocab=r.model.vocab, global_batch=r.batch.global_batch,
                                 checkpoint_activations=r.model.checkpoint_activations, tp=r.parallel.tp,
                                 world_size=plan.world_size, ranks_per_node=plan.ranks_per_node, nodes=plan.nodes,
-                                warmup_iters=r.train.warmup_iters, rank_peak_rss_mib=rank_peaks)
+                                warmup_iters=r.train.warmup_iters, rank_peak_rss_mib=rank_peaks,
+                                device_memory=device_memory)
     summary["duration_s"] = round(duration, 3)
     summary["status"] = status
     ranks_out: dict[str, Any] = {}
@@ -346,6 +352,8 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
         for rk, s in m["ranks"].items():
             ranks_out[rk] = {"node": s["node"], "pid": s["pid"], "local_rank": s["local_rank"],
                              "peak_rss_mib": round(s["peak_rss_mib"], 1), "allocator": s["allocator"]}
+    for rk, mem in (device_memory or {}).items():
+        ranks_out.setdefault(rk, {})["device_memory_mib"] = mem
     for rk, f in rank_failures.items():
         ranks_out.setdefault(str(rk), {}).update(f)
     per_node_peak = summary["peak_mem_mib_per_node"] or {}

@@ -1,6 +1,6 @@
 """One parser serves the built-in workload and a real Megatron-DeepSpeed run."""
 
-from kit.logparse import parse_line, parse_lines, parse_memory_mb
+from kit.logparse import parse_line, parse_lines, parse_memory_report
 
 # Lines in Megatron-DeepSpeed's own training_log format (megatron/training.py), with the
 # prefixes launchers add.
@@ -44,5 +44,15 @@ def test_repeated_iteration_last_wins_and_sorted():
     assert recs[1].fields["tflops"] == 0.60
 
 
-def test_megatron_memory_report():
-    assert parse_memory_mb("[Rank 0] CPU memory (MB) | used: 7718.0 | available: 20000.0") == 7718.0
+def test_megatron_memory_reports():
+    # megatron/training/utils.py report_memory, after a torchrun prefix
+    gpu = parse_memory_report("[default1]:[Rank 1] (after 10 iterations) memory (MB) | allocated: 1520.25 |"
+                              " max allocated: 9321.5 | reserved: 10240.0 | max reserved: 10240.0")
+    assert gpu.rank == 1 and gpu.device == "cuda"
+    assert gpu.fields == {"allocated": 1520.25, "max_allocated": 9321.5, "reserved": 10240.0, "max_reserved": 10240.0}
+    cpu = parse_memory_report("[Rank 0] CPU memory (MB) | used: 7718.0 | available: 20000.0")
+    assert (cpu.rank, cpu.device, cpu.fields["used"]) == (0, "cpu", 7718.0)
+    old = parse_memory_report("(after 5 iterations) memory (MB) | allocated: 1.0 | max allocated: 2.0")  # print_rank_0
+    assert old.rank is None and old.fields["max_allocated"] == 2.0
+    assert parse_memory_report(MEGATRON) is None
+    assert parse_memory_report("memory (MB) | allocated: n/a") is None

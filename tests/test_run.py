@@ -1,9 +1,10 @@
 """`kit run` end to end: real ranks (torchrun + DeepSpeed on gloo), real tcmalloc, a real bundle."""
 
 import pytest
+import yaml
 
 from kit.bundle import read_manifest, verify
-from conftest import kit_cli, load
+from conftest import FAST, REPO, bundle_from_output, kit_cli, load
 
 pytestmark = pytest.mark.slow
 
@@ -86,3 +87,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and "parallel.tp 3 does not divide model.heads 4" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not any(tmp_path.iterdir())  # nothing ran, nothing written
+
+
+def test_device_memory_reports_reach_the_bundle(tmp_path):
+    """Each rank's CUDA memory report (Megatron's report_memory line, printed by the stand-in
+    tests/standins/cuda_rank.py: this machine has no GPU) lands in metrics.json per rank,
+    with the largest as the run's device peak."""
+    data = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    data.update(name="cuda-standin", command=["{python}", str(REPO / "tests" / "standins" / "cuda_rank.py"),
+                                              "{train.iters}"])
+    recipe = tmp_path / "cuda-standin.yaml"
+    recipe.write_text(yaml.safe_dump(data))
+    proc = kit_cli("run", str(recipe), "--preset", "baseline", "--set", "parallel.dp=2", *FAST,
+                   "--out", str(tmp_path / "r"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = load(bundle_from_output(proc.stdout), "metrics.json")
+    assert m["ranks"]["0"]["device_memory_mib"] == {"allocated": 500.0, "max_allocated": 1000.0,
+                                                    "reserved": 2048.0, "max_reserved": 2048.0}
+    assert m["ranks"]["1"]["device_memory_mib"]["max_allocated"] == 1010.0
+    assert m["summary"]["device_peak_allocated_mib"] == 1010.0
+    assert m["summary"]["device_peak_reserved_mib"] == 2058.0

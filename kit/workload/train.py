@@ -468,6 +468,13 @@ def run(a: Args) -> int:
                               lr=lr, gbs=a.global_batch, loss=loss_value, grad_norm=gn,
                               samples_per_s=a.global_batch / dt, tflops=tput.tflops_per_rank), flush=True)
 
+    if cuda:  # every rank, in Megatron's report_memory format (the kit records the peaks)
+        mb = 1024.0 * 1024.0
+        print(f"[Rank {rank}] (after {a.iters} iterations) memory (MB)"
+              f" | allocated: {torch.cuda.memory_allocated() / mb}"
+              f" | max allocated: {torch.cuda.max_memory_allocated() / mb}"
+              f" | reserved: {torch.cuda.memory_reserved() / mb}"
+              f" | max reserved: {torch.cuda.max_memory_reserved() / mb}", flush=True)
     if last:
         steady = samples[1:] or samples
         mean = sum(steady) / len(steady)
