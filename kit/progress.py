@@ -26,7 +26,8 @@ class ProgressView:
         if self.live:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console, transient=False)
+                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console, transient=False,
+                refresh_per_second=2)  # elapsed time ticks in seconds; fewer redraws, less CPU
             self._progress.__enter__()
             self._task = self._progress.add_task(self.label, total=self.total, stats="starting ranks…")
         else:

@@ -17,6 +17,7 @@ from typing import Any
 
 import kit
 from kit import hostinfo
+from kit.bundle import atomic_write
 from kit.redact import redact_env
 
 _SOFTWARE_SCRIPT = r"""
@@ -43,11 +44,21 @@ print("KIT-SOFTWARE-JSON " + json.dumps(out))
 """
 
 
-def software_info(python_argv: list[str], timeout: float = 120) -> dict[str, Any]:
+def software_info(python_argv: list[str], timeout: float = 120, *, cache_key: str | None = None) -> dict[str, Any]:
     """Versions and packages as seen by ``python_argv`` (a Python, possibly inside an image).
 
     It runs while the ranks start (about 1.5 s of CPU: it imports torch), at the lowest
-    priority, so that on a full node it takes what the ranks leave."""
+    priority, so that on a full node it takes what the ranks leave. With ``cache_key`` (a
+    digest of everything the answer depends on, see ``Runtime.software_key``) the answer is
+    kept under ~/.cache/kit/software and the next run with the same key reads it back."""
+    cached = _software_cache(cache_key)
+    if cached is not None and cached.is_file():
+        try:
+            doc = json.loads(cached.read_text())
+            if isinstance(doc, dict) and "error" not in doc:
+                return {**doc, "inventory": {"cached": True, "key": cache_key}}
+        except (OSError, ValueError):
+            pass
     nice = shutil.which("nice")
     argv = [*([nice, "-n", "19"] if nice else []), *python_argv, "-c", _SOFTWARE_SCRIPT]
     try:
@@ -56,8 +67,22 @@ def software_info(python_argv: list[str], timeout: float = 120) -> dict[str, Any
         return {"error": f"could not run {python_argv!r}: {e}"}
     for line in proc.stdout.splitlines():
         if line.startswith("KIT-SOFTWARE-JSON "):
-            return json.loads(line.split(" ", 1)[1])
+            doc = json.loads(line.split(" ", 1)[1])
+            if cached is not None:
+                try:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write(cached, json.dumps(doc))
+                except OSError:
+                    pass
+            return {**doc, "inventory": {"cached": False, "key": cache_key}}
     return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+
+
+def _software_cache(key: str | None) -> Path | None:
+    if not key:
+        return None
+    root = Path(os.environ.get("KIT_CACHE_DIR") or Path.home() / ".cache" / "kit")
+    return root / "software" / f"{key}.json"
 
 
 def kit_source() -> dict[str, Any]:

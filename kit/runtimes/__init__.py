@@ -11,6 +11,8 @@ provenance. Each runtime is one module registered by name:
 from __future__ import annotations
 
 import abc
+import hashlib
+import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +68,20 @@ class Runtime(abc.ABC):
         """pip freeze, torch and DeepSpeed versions as seen where the command runs."""
         from kit.provenance import software_info
 
-        return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]))
+        return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]), cache_key=self.software_key())
+
+    def image_info(self) -> dict[str, Any]:
+        """The image's digest, labels and architecture; {} where there is no image."""
+        return {}
+
+    def software_key(self) -> str | None:
+        """A digest of everything ``inspect_software`` depends on, to reuse its answer: an
+        image's content digest (and the CPU count, which sets torch's default threads); None,
+        where there is no such digest: take the inventory afresh every run."""
+        digest = self.image_info().get("digest")
+        if not digest:
+            return None
+        return f"{self.name}-" + hashlib.sha256(f"{digest}|{os.cpu_count()}".encode()).hexdigest()[:32]
 
     def close(self) -> None:
         """Clean up anything the runtime created (containers, ...)."""
