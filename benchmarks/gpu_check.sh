@@ -126,7 +126,9 @@ lp = Path(launch_p)
 out["kit_run"] = run_fig([float(x) for x in ITER.findall(lp.read_text(errors="replace"))]) if lp.exists() else None
 if Path(met_p).exists():
     s = json.loads(Path(met_p).read_text())["summary"]
-    out["kit_run_bundle_summary"] = {k: s.get(k) for k in ("sec_per_iter", "tflops_per_rank", "peak_mem_mib", "final_loss", "status")}
+    out["kit_run_bundle_summary"] = {k: s.get(k) for k in ("sec_per_iter", "tflops_per_rank", "peak_mem_mib",
+                                                        "device_peak_allocated_mib", "device_peak_reserved_mib",
+                                                        "final_loss", "status")}
 cp = Path(comp_p)
 out["compiled"] = run_fig([float(x) for x in ITER.findall(cp.read_text(errors="replace"))]) if cp.exists() else None
 hdr = re.search(r"kit-workload: world_size.*", lp.read_text(errors="replace")) if lp.exists() else None
@@ -140,6 +142,7 @@ g = d['gemm']; print('GEMM bf16 %s TFLOP/s (fp32, TF32 off: %s) on %s' % (g.get(
 for k in ('kit_run', 'compiled'):
     r = d.get(k)
     print(k, 'n/a' if not r else '%s ms/it  %s tokens/s  %s model TFLOP/s  MFU %s' % (r['median_ms'], r['tokens_per_s'], r['model_tflops'], r['mfu_vs_measured_bf16_gemm']))
+print('bundle:', d.get('kit_run_bundle_summary'))
 print('header:', d.get('workload_header'))
 " 2>&1 | tee -a "$OUT/summary.txt"
 rm -rf "$WORK"
