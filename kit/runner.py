@@ -170,17 +170,18 @@ def dump_stacks(pids: dict[int, int], out: Path, *, faulthandler_signal: bool) -
     return done
 
 
-def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | None = None,
-            extra_provenance: dict[str, Any] | None = None, job_script: Path | None = None,
-            remote_monitors: Callable[[], list[dict[str, Any]]] | None = None) -> Outcome:
-    """Start and watch the ranks of ``plan`` from here; finalize ``b`` whatever happens.
+@dataclass
+class _Command:
+    """What ``execute`` starts: the argv, the kit's own variables, the whole environment."""
 
-    ``remote_monitors``: called once the ranks have ended, returns the monitor snapshots of
-    the job's other nodes (``kit job-monitor``), merged with this node's.
-    """
-    launcher = launchers.get(launcher_name or plan.launcher)
-    rt = runtimes.get(plan.runtime, image=plan.image)
-    cwd = Path.cwd()
+    plan: Plan  # with LD_PRELOAD filled in where the allocator was resolved here
+    argv: list[str]
+    kit_env: dict[str, str]
+    env: dict[str, str]
+    start_error: str = ""  # set: the command cannot start here (the run fails with this reason)
+
+
+def _command(plan: Plan, b: Bundle, launcher, rt, cwd: Path) -> _Command:
     kit_env = dict(plan.env)
     kit_env["KIT_RUN_ID"] = b.id
     start_error = ""
@@ -203,79 +204,118 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     # host-side processes (podman, mpirun) must not preload the image's allocator path.
     env = {**os.environ, **kit_env} if plan.runtime == "host" else \
         {**os.environ, **{k: v for k, v in kit_env.items() if k != "LD_PRELOAD"}}
+    return _Command(plan, argv, kit_env, env, start_error)
 
-    records: list[IterationRecord] = []
-    last_progress = [time.monotonic()]
+
+class _Watch:
+    """Follows the launcher's output and decides when to stop it.
+
+    ``follow`` (a reader thread) copies every line into the log and parses iterations for
+    the progress view and the stall clock; ``until_exit`` (the main thread) waits for the
+    launcher and stops its process group on SIGINT/SIGTERM or when no new iteration came
+    within the stall limit (the start-up limit before the first), collecting stacks first.
+    """
+
+    def __init__(self, plan: Plan, b: Bundle, launcher, view: ProgressView):
+        self.plan, self.b, self.launcher, self.view = plan, b, launcher, view
+        self.records: list[IterationRecord] = []
+        self._lock = threading.Lock()
+        self._last_progress = time.monotonic()
+
+    def follow(self, proc: subprocess.Popen, log) -> None:
+        for line in self.launcher.output(proc, self.b.logs):
+            log.write(line)
+            rec = parse_line(line)
+            if rec is not None:
+                with self._lock:
+                    self.records.append(rec)
+                    self._last_progress = time.monotonic()
+                self.view.update(rec)
+
+    def until_exit(self, proc: subprocess.Popen, intr: _Interrupt, monitor: Monitor) -> tuple[str, str, dict[str, str]]:
+        """Status ("ok" unless the kit stopped the ranks), reason, and the stacks collected."""
+        train = self.plan.recipe.train
+        while True:
+            try:  # returns as soon as the launcher exits (a sleep would add up to 0.2 s)
+                proc.wait(timeout=0.2)
+                return "ok", "", {}
+            except subprocess.TimeoutExpired:
+                pass
+            if intr.signum is not None:
+                self.view.status("interrupted: stopping ranks…")
+                _kill_group(proc)
+                return "interrupted", f"{signal.Signals(intr.signum).name} received by kit; ranks stopped", {}
+            with self._lock:
+                idle = time.monotonic() - self._last_progress
+                last = self.records[-1].iteration if self.records else None
+            limit = train.stall_timeout_s if last is not None else train.startup_timeout_s
+            if idle > limit:
+                what = (f"no new iteration for {idle:.0f}s (limit {limit:.0f}s) after iteration {last}"
+                        if last is not None else f"no first iteration within {limit:.0f}s")
+                self.view.status(f"stalled: {what}; collecting stacks…")
+                stacks = dump_stacks(monitor.pids(), self.b.logs / "stacks",
+                                     faulthandler_signal="kit.workload" in self.plan.rank_argv)
+                _kill_group(proc)
+                return "stalled", what, stacks
+
+
+def _verdict(rc: int | None, records: list[IterationRecord], expected: int,
+             rank_failures: dict[int, dict[str, object]]) -> tuple[str, str]:
+    """The status of a run the launcher ended by itself: ok only if it exited 0 after the
+    last iteration."""
+    if rc not in (0, None):
+        ranks = ", ".join(f"rank {r}: " + (f"signal {f['signal']}" if "signal" in f else f"exit {f.get('exit_code')}")
+                          for r, f in sorted(rank_failures.items()))
+        return "failed", f"launcher exited with code {rc}" + (f"; {ranks}" if ranks else "")
+    if not records:
+        return "failed", "the training command logged no iteration (see logs/launcher.log)"
+    if records[-1].iteration < expected:
+        return "failed", f"ended after iteration {records[-1].iteration} of {expected}"
+    return "ok", ""
+
+
+def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | None = None,
+            extra_provenance: dict[str, Any] | None = None,
+            remote_monitors: Callable[[], list[dict[str, Any]]] | None = None) -> Outcome:
+    """Start and watch the ranks of ``plan`` from here; finalize ``b`` whatever happens.
+
+    ``remote_monitors``: called once the ranks have ended, returns the monitor snapshots of
+    the job's other nodes (``kit job-monitor``), merged with this node's.
+    """
+    launcher = launchers.get(launcher_name or plan.launcher)
+    rt = runtimes.get(plan.runtime, image=plan.image)
+    cwd = Path.cwd()
+    cmd = _command(plan, b, launcher, rt, cwd)
+    plan = cmd.plan
     log_path = b.logs / "launcher.log"
     started = bundle_mod.now_iso()
     t_start = time.monotonic()
     monitor = Monitor(b.id, plan.rank_argv[1:], expected_local=plan.ranks_per_node)
-    status, reason = "ok", ""
-    stacks: dict[str, str] = {}
-    timeout_first = plan.recipe.train.startup_timeout_s
-    timeout_next = plan.recipe.train.stall_timeout_s
+    status, reason, stacks = "ok", "", {}
     rc: int | None = None
     software_job = None
 
     with _Interrupt() as intr, ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
                                             f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
+        watch = _Watch(plan, b, launcher, view)
         with log_path.open("w", buffering=1) as log:
-            log.write(f"# kit: {' '.join(argv)}\n")
+            log.write(f"# kit: {' '.join(cmd.argv)}\n")
             try:
-                if start_error:
-                    raise OSError(start_error)
-                proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
-                                        errors="replace")
+                if cmd.start_error:
+                    raise OSError(cmd.start_error)
+                proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cwd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                        text=True, bufsize=1, errors="replace")
             except OSError as e:
-                status, reason = "failed", start_error or f"could not start {argv[0]}: {e}"
+                status, reason = "failed", cmd.start_error or f"could not start {cmd.argv[0]}: {e}"
                 proc = None
             if proc is not None:
                 monitor.start()
-                # the software inventory (a Python that imports torch) overlaps the ranks'
-                # start-up instead of adding seconds after they end
+                # the software inventory overlaps the ranks' start-up (or is read from its cache)
                 software_job = _Background(rt.inspect_software)
-                lock = threading.Lock()
-
-                def follow():
-                    assert proc.stdout is not None
-                    for line in launcher.output(proc, b.logs):
-                        log.write(line)
-                        rec = parse_line(line)
-                        if rec is not None:
-                            with lock:
-                                records.append(rec)
-                                last_progress[0] = time.monotonic()
-                            view.update(rec)
-
-                reader = threading.Thread(target=follow, name="kit-log-reader", daemon=True)
+                reader = threading.Thread(target=watch.follow, args=(proc, log), name="kit-log-reader", daemon=True)
                 reader.start()
-                while True:
-                    try:  # returns as soon as the launcher exits (a sleep would add up to 0.2 s)
-                        proc.wait(timeout=0.2)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    if intr.signum is not None:
-                        status = "interrupted"
-                        reason = f"{signal.Signals(intr.signum).name} received by kit; ranks stopped"
-                        view.status("interrupted: stopping ranks…")
-                        _kill_group(proc)
-                        break
-                    with lock:
-                        idle = time.monotonic() - last_progress[0]
-                        n = len(records)
-                    limit = timeout_next if n else timeout_first
-                    if idle > limit:
-                        status = "stalled"
-                        what = f"no new iteration for {idle:.0f}s (limit {limit:.0f}s) after iteration {records[-1].iteration}" \
-                            if n else f"no first iteration within {limit:.0f}s"
-                        reason = what
-                        view.status(f"stalled: {what}; collecting stacks…")
-                        stacks = dump_stacks(monitor.pids(), b.logs / "stacks",
-                                             faulthandler_signal="kit.workload" in plan.rank_argv)
-                        _kill_group(proc)
-                        break
+                status, reason, stacks = watch.until_exit(proc, intr, monitor)
                 rc = proc.wait()
                 reader.join(timeout=10)
                 monitor.stop()
@@ -283,20 +323,12 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     duration = time.monotonic() - t_start
     log_text = log_path.read_text(errors="replace")
     rank_failures = launcher.failures(log_text)
-    expected = plan.recipe.train.iters
     if status == "ok":
-        if rc not in (0, None):
-            status = "failed"
-            reason = f"launcher exited with code {rc}" + (
-                "; " + ", ".join(f"rank {r}: " + (f"signal {f['signal']}" if "signal" in f else f"exit {f.get('exit_code')}")
-                                 for r, f in sorted(rank_failures.items())) if rank_failures else "")
-        elif records and records[-1].iteration < expected:
-            status, reason = "failed", f"ended after iteration {records[-1].iteration} of {expected}"
-        elif not records:
-            status, reason = "failed", "the training command logged no iteration (see logs/launcher.log)"
-    return finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=[monitor.snapshot(), *(remote_monitors() if remote_monitors else [])],
+        status, reason = _verdict(rc, watch.records, plan.recipe.train.iters, rank_failures)
+    monitors = [monitor.snapshot(), *(remote_monitors() if remote_monitors else [])]
+    return finalize(plan, b, rt, status=status, reason=reason, records=watch.records, monitors=monitors,
                     rank_failures=rank_failures, device_memory=logparse.device_memory_peaks(log_text.splitlines()),
-                    launcher_rc=rc, argv=argv, kit_env=kit_env, env=env,
+                    launcher_rc=rc, argv=cmd.argv, kit_env=cmd.kit_env, env=cmd.env,
                     started=started, duration=duration, stacks=stacks, console=console,
                     extra_provenance=extra_provenance, software=software_job.result() if software_job else None)
 
