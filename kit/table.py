@@ -92,6 +92,7 @@ def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: di
         "nodes": plan["nodes"], "ranks_per_node": plan["ranks_per_node"], "label": settings_label(requested, plan["ranks_per_node"]),
         "dp": plan["dp"], "tp": plan["tp"], "pp": plan["pp"], "mbs": plan["micro_batch"], "gbs": plan["global_batch"],
         "mem_mib": summary.get("peak_mem_mib"),
+        "device_mem_mib": summary.get("device_peak_reserved_mib"),  # GPU runs; None on CPUs
         "sec_per_iter": summary.get("sec_per_iter") if ok else None,
         "tflops": summary.get("tflops") if ok else None,
         "est_aggr_pflops": summary.get("est_aggr_pflops") if ok else None,

@@ -328,6 +328,7 @@ def test_report_markdown_layout(real_bundles, tmp_path):
     assert len(csv_rows) == 3 and {r["status"] for r in csv_rows} == {"ok", "stalled"}
     ok = [r for r in csv_rows if r["status"] == "ok"]
     assert all(float(r["sec_per_iter"]) > 0 for r in ok)
+    assert all(r["device_mem_mib"] == "" for r in csv_rows)  # CPU runs: no GPU memory, not a 0
     js = json.loads(kit_cli("report", str(d), "--format", "json").stdout)
     assert {r["id"] for r in js["rows"]} == {base.name, tuned.name, stalled.name}
     assert kit_cli("report", str(d), "-f", "xml").returncode == 2

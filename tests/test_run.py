@@ -1,5 +1,8 @@
 """`kit run` end to end: real ranks (torchrun + DeepSpeed on gloo), real tcmalloc, a real bundle."""
 
+import csv
+import io
+
 import pytest
 import yaml
 
@@ -107,3 +110,7 @@ def test_device_memory_reports_reach_the_bundle(tmp_path):
     assert m["ranks"]["1"]["device_memory_mib"]["max_allocated"] == 1010.0
     assert m["summary"]["device_peak_allocated_mib"] == 1010.0
     assert m["summary"]["device_peak_reserved_mib"] == 2058.0
+    report = kit_cli("report", str(tmp_path / "r"), "-f", "csv")
+    assert report.returncode == 0, report.stderr
+    (row,) = csv.DictReader(io.StringIO(report.stdout))
+    assert row["device_mem_mib"] == "2058.0"

@@ -27,7 +27,7 @@ from kit.errors import KitError
 from kit.results import store
 
 FORMATS = ("markdown", "csv", "json")
-CSV_COLUMNS = ("group", "nodes", "label", "size", "seq", "dp", "tp", "pp", "mbs", "gbs", "mem_mib", "sec_per_iter",
+CSV_COLUMNS = ("group", "nodes", "label", "size", "seq", "dp", "tp", "pp", "mbs", "gbs", "mem_mib", "device_mem_mib", "sec_per_iter",
                "tflops", "est_aggr_pflops", "note", "status", "reason", "recipe", "presets", "overrides", "final_loss",
                "date", "job_id", "id", "path")
 LEGEND = {
