@@ -186,9 +186,10 @@ def test_fault_crash_exits_3() -> None:
 
 
 @pytest.mark.slow
-def test_two_rank_dp_matches_one_rank() -> None:
+@pytest.mark.parametrize("zero", ["1", "3"])  # 3: parameters partitioned; the LM head reads the tied weight
+def test_two_rank_dp_matches_one_rank(zero: str) -> None:
     one = assert_ok(run_workload([*TINY, "--iters", "3"]), 3)
-    two = assert_ok(run_workload([*TINY, "--iters", "3", "--zero", "1"], nproc=2), 3)
+    two = assert_ok(run_workload([*TINY, "--iters", "3", "--zero", zero], nproc=2), 3)
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
     assert two[-1]["loss"] == pytest.approx(one[-1]["loss"], rel=1e-4)
 
