@@ -20,7 +20,6 @@ class HostRuntime(Runtime):
     def wrap(self, argv: list[str], env: dict[str, str], *, cwd: Path, binds: list[Path]) -> list[str]:
         return list(argv)
 
-
     def software_key(self) -> str | None:
         """The interpreter and the modification times of every directory on its ``sys.path``:
         installing, upgrading or removing a package changes its site-packages directory, and
@@ -30,7 +29,9 @@ class HostRuntime(Runtime):
                                  capture_output=True, text=True, timeout=30)
             paths = json.loads(out.stdout)
             exe = Path(self.python).resolve()
-            parts: list[object] = [str(exe), exe.stat().st_mtime_ns, os.cpu_count()]
+            # the inventory inherits this environment: its thread count follows OMP_NUM_THREADS
+            parts: list[object] = [str(exe), exe.stat().st_mtime_ns, os.cpu_count(),
+                                   os.environ.get("OMP_NUM_THREADS")]
             for p in paths:
                 if p and os.path.isdir(p):
                     parts += [p, os.stat(p).st_mtime_ns]
