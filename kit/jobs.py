@@ -48,6 +48,8 @@ JOB_JSON = "job/job.json"
 MONITOR_DIR = "monitor"
 EXIT_NOT_ENDED = 4  # kit collect: the job has not ended yet
 POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
+#: how long `kit collect` lets the kit inside an ended job finish finalizing the bundle itself
+COLLECT_GRACE_S = float(os.environ.get("KIT_COLLECT_GRACE_S", "60"))
 #: files the job manager writes into the bundle's logs, possibly after the kit finalized it
 SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats))$")
 
@@ -135,7 +137,8 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
         "script": script.read_text() if script.is_file() else None,
         "submitted": job.get("submitted"), "started": bundle_mod.now_iso(),
     }
-    b.write_json(JOB_JSON, {**job, "job_id": job_id, "started": info["started"], "nodes": nodes, "head_node": head})
+    b.write_json(JOB_JSON, {**job, "job_id": job_id, "started": info["started"], "nodes": nodes, "head_node": head,
+                            "kit_pid": os.getpid()})
     b.set_status("running", f"{plan.launcher} job {job_id} running on {', '.join(nodes)}")
 
     step = _start_node_monitors(plan, bundle_dir, inner, head)
@@ -334,10 +337,35 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
         console.print(f"{job['launcher']} job {job['job_id']} has not ended ({st.state}); collect it when it has, "
                       f"or use `kit run --wait` next time", highlight=False, soft_wrap=True)
         return EXIT_NOT_ENDED
-    # the bundle may have been finalized while we polled
+    # the job manager may call the job ended (cancelled, out of time) while the kit inside it
+    # is still stopping the ranks and finalizing: let it, rather than finalize twice
+    _await_job_kit(bundle_dir, job)
     if bundle_mod.read_manifest(bundle_dir).status in FINAL_STATUSES:
         return collect(bundle_dir, console)
     return finalize_dead_job(b, job, launcher, st, console)
+
+
+def _job_kit_gone(job: dict[str, Any]) -> bool:
+    """True when the kit inside the job is known to be gone: it ran on this host and its
+    process no longer exists (or is something else now). Unknown elsewhere: False."""
+    import psutil
+
+    pid = job.get("kit_pid")
+    if not pid or job.get("head_node") != socket.gethostname():
+        return False
+    try:
+        return "job-run" not in " ".join(psutil.Process(int(pid)).cmdline())
+    except (psutil.Error, ValueError):
+        return True
+
+
+def _await_job_kit(bundle_dir: Path, job: dict[str, Any], grace_s: float | None = None) -> None:
+    """Wait, up to ``grace_s``, for the bundle of an ended job to be finalized by its own kit."""
+    deadline = time.monotonic() + (COLLECT_GRACE_S if grace_s is None else grace_s)
+    while time.monotonic() < deadline and not _job_kit_gone(job):
+        if bundle_mod.read_manifest(bundle_dir).status in FINAL_STATUSES:
+            return
+        time.sleep(0.5)
 
 
 def _stats(bundle_dir: Path, launcher: str) -> dict[str, str]:

@@ -52,3 +52,6 @@ def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
     assert out.returncode == 130
     assert verify(b).ok, verify(b).problems
     assert load(b, "metrics.json")["iterations"]
+    # the stand-in, like a job manager, reports the job cancelled while the kit inside it is
+    # still stopping the ranks: that kit finalizes the bundle, collect does not do it twice
+    assert "collected_by" not in load(b, "provenance.json")["job"]
