@@ -367,6 +367,14 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
              device_memory: dict[str, dict[str, float]] | None = None, argv: list[str], kit_env: dict[str, str], env: dict[str, str], started: str, duration: float,
              stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None,
              software: dict[str, Any] | None = None) -> Outcome:
+    on_disk = bundle_mod.read_manifest(b.path)
+    if on_disk.status in bundle_mod.FINAL_STATUSES:
+        # finalized meanwhile by another kit (`kit collect` after its grace): keep its version
+        out = Outcome(status=on_disk.status, reason=on_disk.reason, bundle=b)
+        console.print(f"bundle already finalized by another kit ({on_disk.status}); left as it is",
+                      highlight=False, soft_wrap=True)
+        _print_result(out, console)
+        return out
     rank_peaks: dict[str, dict[str, float]] = {}
     for m in monitors:
         rank_peaks[m["node"]] = {r: s["peak_rss_mib"] for r, s in m["ranks"].items()}

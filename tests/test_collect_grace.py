@@ -54,3 +54,26 @@ def test_collect_waits_at_most_the_grace_where_it_cannot_tell(tmp_path):
     t0 = time.monotonic()
     _await_job_kit(b.path, {"head_node": "another-node", "kit_pid": 1}, grace_s=1.5)
     assert 1.4 < time.monotonic() - t0 < 5
+
+
+def test_a_late_job_kit_leaves_a_collected_bundle_as_it_is(tmp_path):
+    """The other order: `kit collect` finalized after its grace, then the job's kit ends."""
+    import io
+
+    from rich.console import Console
+
+    from kit import plan as plan_mod, runner, runtimes
+
+    plan = plan_mod.resolve(recipe_name="tiny", preset_names=["baseline"])
+    b = _running_bundle(tmp_path)
+    runner.write_inputs(b, plan)
+    b.write_json("metrics.json", {"summary": {}, "iterations": []})
+    b.write_json("provenance.json", {"plan": plan.summary(), "runtime": {}, "software": {}, "host": {},
+                                     "job": {"collected_by": "kit collect"}})
+    b.finalize("failed", "slurm job 1 cancelled before the kit finalized the bundle")
+    before = {p.name: p.read_bytes() for p in b.path.iterdir() if p.is_file()}
+    out = runner.finalize(plan, b, runtimes.get("host"), status="interrupted", reason="SIGTERM received by kit",
+                          records=[], monitors=[], rank_failures={}, launcher_rc=None, argv=[], kit_env={}, env={},
+                          started="", duration=1.0, stacks={}, console=Console(file=io.StringIO()), software={})
+    assert out.status == "failed"
+    assert {p.name: p.read_bytes() for p in b.path.iterdir() if p.is_file()} == before
