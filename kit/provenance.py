@@ -81,8 +81,7 @@ def software_info(python_argv: list[str], timeout: float = 120, *, cache_key: st
 def _software_cache(key: str | None) -> Path | None:
     if not key:
         return None
-    root = Path(os.environ.get("KIT_CACHE_DIR") or Path.home() / ".cache" / "kit")
-    return root / "software" / f"{key}.json"
+    return kit.cache_dir() / "software" / f"{key}.json"
 
 
 def kit_source() -> dict[str, Any]:

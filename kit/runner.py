@@ -364,8 +364,8 @@ def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str,
 
 def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: list[IterationRecord],
              monitors: list[dict[str, Any]], rank_failures: dict[int, dict[str, object]], launcher_rc: int | None,
-             device_memory: dict[str, dict[str, float]] | None = None, argv: list[str], kit_env: dict[str, str], env: dict[str, str], started: str, duration: float,
-             stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None,
+             device_memory: dict[str, dict[str, float]] | None = None, argv: list[str], kit_env: dict[str, str],
+             env: dict[str, str], started: str, duration: float, stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None,
              software: dict[str, Any] | None = None) -> Outcome:
     on_disk = bundle_mod.read_manifest(b.path)
     if on_disk.status in bundle_mod.FINAL_STATUSES:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kit
 from kit.errors import KitError
 from kit.image import spy
 from kit.image.convert import to_dockerfile
@@ -58,7 +59,7 @@ def default_wheelhouses() -> list[Path]:
     out = []
     if os.environ.get("KIT_WHEELHOUSE"):
         out += [Path(p) for p in os.environ["KIT_WHEELHOUSE"].split(os.pathsep) if p]
-    out += [Path.home() / ".cache" / "kit" / "wheelhouse", Path("/opt/wheels")]
+    out += [kit.cache_dir() / "wheelhouse", Path("/opt/wheels")]
     return out
 
 
@@ -115,7 +116,7 @@ class BuildPlan:
 
 
 def default_wheel_cache() -> Path:
-    return Path(os.environ.get("KIT_WHEEL_CACHE") or Path.home() / ".cache" / "kit" / "wheels")
+    return Path(os.environ.get("KIT_WHEEL_CACHE") or kit.cache_dir() / "wheels")
 
 
 def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | None = None,

@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+import kit
 from kit.image.recipe import RecipeOptions, committed_path, render
 
 app = typer.Typer(help="Build and inspect the kit's images.", no_args_is_help=True)
@@ -78,8 +79,8 @@ def build(
 
     eng = b.detect_engine(engine)
     opts = RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged)
-    ctx = context or Path.home() / ".cache" / "kit" / "image-build" / opts.variant()
-    cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or Path.home() / ".cache" / "kit" / "pip")
+    ctx = context or kit.cache_dir() / "image-build" / opts.variant()
+    cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or kit.cache_dir() / "pip")
     plan = b.prepare(opts, engine=eng, context=ctx, ref=tag, wheelhouse=list(wheelhouse) or None,
                      pip_cache=cache, ca_bundle=ca_bundle, wheel_cache=wheel_cache)
     if dry_run:
