@@ -128,11 +128,33 @@ def test_kit_killed_mid_run_leaves_an_incomplete_bundle(tmp_path):
                              "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "COLUMNS": "200"})
     _wait_for(proc, "iteration 1/", 300)
-    os.killpg(proc.pid, signal.SIGKILL)  # the kit and its ranks die without any chance to clean up
+    os.killpg(proc.pid, signal.SIGKILL)  # the kit dies without any chance to clean up
     proc.wait(timeout=30)
     bundle = next(out.iterdir())
+    # the launcher runs in its own session: kill it and the ranks too, as a node failure
+    # would (left alone they train on and slow every later test)
+    _kill_run(bundle.name)
     v = verify(bundle)
     assert not v.ok and v.status == "running"
     assert "incomplete" in v.problems[0]
     r = kit_cli("bundle", "verify", str(bundle))
     assert r.returncode != 0 and "incomplete" in (r.stdout + r.stderr)
+
+
+def _kill_run(run_id: str) -> None:
+    """SIGKILL every process of run ``run_id`` (the kit puts KIT_RUN_ID in their environment)."""
+    import psutil
+
+    victims = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("KIT_RUN_ID") == run_id:
+                victims.append(p)
+        except psutil.Error:
+            continue
+    for p in victims:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(victims, timeout=30)
