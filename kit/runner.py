@@ -14,7 +14,8 @@ ranks run:
 4. the stall watchdog: no new iteration for the stall timeout (or no first iteration within
    the start-up timeout) → each rank's Python stack is collected, the ranks are stopped,
    status ``stalled``; a rank failure → ``failed`` with per-rank exit codes/signals;
-   SIGINT/SIGTERM to the kit → ranks stopped, ``interrupted``;
+   SIGINT/SIGTERM to the kit → ranks stopped, ``interrupted``; the kit killed outright →
+   its sidecar stops the launcher's process group (``reaper``);
 5. metrics, provenance and the final manifest are written, whatever the outcome.
 """
 
@@ -35,7 +36,8 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import allocator, bundle as bundle_mod, hostinfo, launchers, logparse, metrics, provenance, runtimes, table
+from kit import (allocator, bundle as bundle_mod, hostinfo, launchers, logparse, metrics, provenance, reaper,
+                 runtimes, table)
 from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.logparse import IterationRecord, parse_line
@@ -310,13 +312,15 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
                 status, reason = "failed", cmd.start_error or f"could not start {cmd.argv[0]}: {e}"
                 proc = None
             if proc is not None:
-                monitor.start()
-                # the software inventory overlaps the ranks' start-up (or is read from its cache)
-                software_job = _Background(rt.inspect_software)
-                reader = threading.Thread(target=watch.follow, args=(proc, log), name="kit-log-reader", daemon=True)
-                reader.start()
-                status, reason, stacks = watch.until_exit(proc, intr, monitor)
-                rc = proc.wait()
+                with reaper.guard(proc.pid, TERM_GRACE_S):
+                    monitor.start()
+                    # the software inventory overlaps the ranks' start-up (or is read from its cache)
+                    software_job = _Background(rt.inspect_software)
+                    reader = threading.Thread(target=watch.follow, args=(proc, log), name="kit-log-reader",
+                                              daemon=True)
+                    reader.start()
+                    status, reason, stacks = watch.until_exit(proc, intr, monitor)
+                    rc = proc.wait()
                 reader.join(timeout=10)
                 monitor.stop()
                 rt.close()  # e.g. `podman rm -f`: nothing of the run outlives it

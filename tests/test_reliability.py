@@ -131,14 +131,33 @@ def test_kit_killed_mid_run_leaves_an_incomplete_bundle(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the kit dies without any chance to clean up
     proc.wait(timeout=30)
     bundle = next(out.iterdir())
-    # the launcher runs in its own session: kill it and the ranks too, as a node failure
-    # would (left alone they train on and slow every later test)
-    _kill_run(bundle.name)
+    try:
+        # the launcher runs in its own session; the kit's reaper stops it and the ranks
+        deadline = time.monotonic() + 20
+        while _run_pids(bundle.name) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _run_pids(bundle.name), "the ranks outlived the killed kit"
+    finally:
+        _kill_run(bundle.name)  # left alone they would train on and slow every later test
     v = verify(bundle)
     assert not v.ok and v.status == "running"
     assert "incomplete" in v.problems[0]
     r = kit_cli("bundle", "verify", str(bundle))
     assert r.returncode != 0 and "incomplete" in (r.stdout + r.stderr)
+
+
+def _run_pids(run_id: str) -> list[int]:
+    """Live (not zombie) processes of run ``run_id`` (the kit puts KIT_RUN_ID in their environment)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("KIT_RUN_ID") == run_id:
+                pids.append(p.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 def _kill_run(run_id: str) -> None:
