@@ -158,14 +158,20 @@ class _BufferPool:
 _BUFFERS = _BufferPool()
 
 
+_TINY = 1e-30  # below this a float32 probability has lost digits (or is 0): loss recomputed
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of ``x @ weight.T`` (the LM head and the loss as one op).
 
     Same value and gradients as ``F.cross_entropy(F.linear(x, weight), targets)``, with one
     N x V float32 buffer instead of four: the logits GEMM writes into a reused buffer, the
-    log-softmax runs in place, and the buffer then becomes d(loss)/d(logits) in place
-    (exp -> softmax, minus one at the targets); the backward's two GEMMs read it and fold
-    the 1/N and the incoming gradient into the GEMM's alpha. With a 50k vocabulary this is a
+    softmax runs in place (a single pass over the buffer: each row is still in cache for
+    its three sweeps), the loss is -log p(target), and the buffer then becomes
+    d(loss)/d(logits) in place (minus one at the targets); the backward's two GEMMs read it
+    and fold the 1/N and the incoming gradient into the GEMM's alpha. Where p(target)
+    underflows (a target ~70 nats below the row's log-sum-exp), that row's loss is
+    recomputed exactly from its logits, so the value matches ``F.cross_entropy`` there too. With a 50k vocabulary this is a
     large share of a small model's step on CPU. Under bf16 autocast the GEMMs run in bf16
     and the softmax in fp32, as autocast would do.
     """
@@ -180,9 +186,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(xc, wc.t(), out=buf)
             else:
                 buf.copy_(torch.mm(xc, wc.t()))
-            torch.log_softmax(buf, dim=-1, out=buf)
-            loss = -buf.gather(1, targets[:, None]).mean()
-            buf.exp_()  # softmax
+            target_logit = buf.gather(1, targets[:, None]).squeeze(1)
+            torch.softmax(buf, dim=-1, out=buf)  # one row-wise pass (max, exp and sum, scale)
+            p_target = buf.gather(1, targets[:, None]).squeeze(1)
+            nll = -torch.log(p_target)
+            lost = (p_target < _TINY).nonzero().squeeze(1)
+            if lost.numel():  # p underflowed: that row's loss from its logits again (exact)
+                logits = torch.mm(xc[lost], wc.t()).float()
+                nll[lost] = torch.logsumexp(logits, dim=-1) - target_logit[lost]
+            loss = nll.mean()
             buf[torch.arange(buf.size(0), device=buf.device), targets] -= 1.0
         ctx.save_for_backward(xc, wc, buf)
         ctx.dtypes = (x.dtype, weight.dtype)
