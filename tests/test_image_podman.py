@@ -136,3 +136,44 @@ def test_kit_run_tiny_tuned_inside_image(x86_image, tmp_path):
     assert prov["software"]["executable"].startswith("/opt/kit/venv/")
     alloc = next(s for s in prov["plan"]["settings"] if s["name"] == "allocator")
     assert alloc["verified"] is True and set(alloc["seen"].values()) == {"tcmalloc"}, alloc
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_reproduce_checks_the_image_digest(x86_image, tmp_path):
+    """`kit reproduce` of a bundle that ran in an image: while the reference still names that
+    image, the run is repeated (same digest recorded, loss equal); once the same reference
+    names another image (rebuilt with one label changed), it refuses with exit 4 and both
+    digests, and runs nothing."""
+    from conftest import kit_cli
+
+    ref = "localhost/kit-reproduce-test:current"
+    subprocess.run(["podman", "tag", x86_image["ref"], ref], check=True, capture_output=True)
+    try:
+        r = kit_run("tiny", "--runtime", "podman", "--image", ref, "--set", "train.iters=4",
+                    "--set", "train.warmup_iters=1", "--out", str(tmp_path / "a"), cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        bundle = only_bundle(tmp_path / "a")
+        digest = json.loads((bundle / "provenance.json").read_text())["runtime"]["digest"]
+        assert digest == x86_image["digest"]
+
+        # timings of a 4-iteration run are noise: wide timing/memory tolerances, exact-ish loss
+        tol = ["--tolerance", "5", "--mem-tolerance", "5", "--loss-tolerance", "1e-4"]
+        r = kit_cli("reproduce", str(bundle), "--out", str(tmp_path / "b"), *tol, cwd=tmp_path)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "environment mismatch" not in r.stdout
+        again = only_bundle(tmp_path / "b")
+        assert json.loads((again / "provenance.json").read_text())["runtime"]["digest"] == digest
+
+        ctx = tmp_path / "rebuild"
+        ctx.mkdir()
+        (ctx / "Containerfile").write_text(f"FROM {ref}\nLABEL org.kit.test=rebuilt\n")
+        subprocess.run(["podman", "build", "-q", "-t", ref, "-f", str(ctx / "Containerfile"), str(ctx)],
+                       check=True, capture_output=True, text=True, timeout=300)
+        r = kit_cli("reproduce", str(bundle), "--out", str(tmp_path / "c"), *tol, cwd=tmp_path)
+        assert r.returncode == 4, r.stdout[-3000:] + r.stderr[-3000:]
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("environment mismatch: image"))
+        assert digest in line and ref in line
+        assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+    finally:
+        subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
