@@ -13,6 +13,11 @@ On a shared machine the same command varies by more than the 3% being measured, 
 run is also split into the launcher's own wall time (``duration_s``: launch to exit, as the
 kit saw it) and the kit's time outside it (start-up, plan, bundle, finalize): that part is
 measured exactly per run, and ``fixed / median(direct)`` bounds what the kit adds serially.
+While the ranks run, the kit can only slow them by the CPU it takes from them: its whole
+process's CPU time meanwhile (``kit_cpu_s`` in metrics.json: monitor, log reader, progress
+display). ``(fixed + kit_cpu_s) / median(direct)`` bounds the kit's cost in time and CPU,
+without this machine's noise; any other interference (the log pipe, caches) would show as
+the launcher's time inside the kit exceeding the direct run's.
 
     python benchmarks/bench_overhead.py --rounds 5 --json benchmarks/results/overhead.json
 """
@@ -91,7 +96,8 @@ def main() -> int:
                 m = json.loads((newest(out) / "metrics.json").read_text())
                 dur = m["summary"]["duration_s"]
                 cpu = sum(n.get("monitor_cpu_s", 0.0) for n in m["nodes"].values())
-                mon.append({"monitor_cpu_s": cpu, "run_s": dur, "core_fraction": cpu / dur,
+                kcpu = sum(n.get("kit_cpu_s") or 0.0 for n in m["nodes"].values())
+                mon.append({"monitor_cpu_s": cpu, "kit_cpu_s": kcpu, "run_s": dur, "core_fraction": cpu / dur,
                             "outside_launcher_s": A[-1] - dur})
             else:
                 shutil.rmtree(ddir, ignore_errors=True)
@@ -102,11 +108,13 @@ def main() -> int:
                 return 1
             loads.append(load())
         print(f"round {rnd}: kit {A[-1]:.2f}s (launcher {mon[-1]['run_s']:.2f}s + kit "
-              f"{mon[-1]['outside_launcher_s']:.2f}s) direct {B[-1]:.2f}s ratio {A[-1] / B[-1]:.3f} "
+              f"{mon[-1]['outside_launcher_s']:.2f}s, kit CPU meanwhile {mon[-1]['kit_cpu_s']:.3f}s) direct {B[-1]:.2f}s ratio {A[-1] / B[-1]:.3f} "
               f"monitor {mon[-1]['core_fraction'] * 100:.2f}% of a core  load {loads[-1]}", flush=True)
     ratio = median(A) / median(B)
     fixed = median([m["outside_launcher_s"] for m in mon])
     launcher = median([m["run_s"] for m in mon])
+    kcpu = median([m["kit_cpu_s"] for m in mon])
+    bound = (fixed + kcpu) / median(B)
     doc = {"machine": machine(), "kit_cmd": cmd, "direct_cmd": direct, "direct_env_added": plan.get("env", {}),
            "kit_wall_s": [round(x, 3) for x in A], "direct_wall_s": [round(x, 3) for x in B],
            "median_kit_s": round(median(A), 3), "median_direct_s": round(median(B), 3),
@@ -115,10 +123,12 @@ def main() -> int:
            "median_launcher_in_kit_s": round(launcher, 3), "median_kit_outside_launcher_s": round(fixed, 3),
            "ratio_launcher_in_kit_vs_direct": round(launcher / median(B), 4),
            "fixed_cost_fraction_of_direct": round(fixed / median(B), 4),
+           "median_kit_cpu_during_run_s": round(kcpu, 4), "bound_fraction_of_direct": round(bound, 4),
            "loadavg_per_run": loads}
     print(f"kit run {median(A):.2f}s vs direct {median(B):.2f}s: ratio {ratio:.3f}; launcher inside kit "
           f"{launcher:.2f}s ({launcher / median(B):.3f}x direct) + kit outside it {fixed:.2f}s "
-          f"({fixed / median(B) * 100:.1f}% of direct); monitor "
+          f"({fixed / median(B) * 100:.1f}% of direct), kit CPU while the ranks ran {kcpu:.3f}s: (fixed + CPU) "
+          f"{bound * 100:.1f}% of direct; monitor "
           f"{doc['monitor_core_fraction_median'] * 100:.2f}% of one core", flush=True)
     write_json(a.json, doc)
     shutil.rmtree(tmp, ignore_errors=True)

@@ -90,15 +90,28 @@ class Monitor:
         self._last_scan = 0.0
         self._lock = threading.Lock()
         self.cpu_time_s = 0.0  # the monitor's own CPU time, to report its cost
+        # the whole kit process's CPU time while it watches the ranks (monitor, log reader,
+        # progress display): what the kit can take from the ranks while they run
+        self._process_cpu: list[float] = []
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Monitor":
+        self._process_cpu = [time.process_time()]
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        if len(self._process_cpu) == 1:
+            self._process_cpu.append(time.process_time())
+
+    @property
+    def process_cpu_s(self) -> float:
+        if not self._process_cpu:
+            return 0.0
+        end = self._process_cpu[1] if len(self._process_cpu) > 1 else time.process_time()
+        return end - self._process_cpu[0]
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -190,4 +203,5 @@ class Monitor:
         with self._lock:
             ranks = {str(r): asdict(s) for r, s in sorted(self.ranks.items())}
         return {"node": self.node, "expected_local_ranks": self.expected_local, "ranks": ranks,
-                "interval_s": self.interval, "monitor_cpu_s": round(self.cpu_time_s, 4)}
+                "interval_s": self.interval, "monitor_cpu_s": round(self.cpu_time_s, 4),
+                "kit_cpu_s": round(self.process_cpu_s, 4)}

@@ -406,7 +406,8 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
         "ranks": ranks_out,
         "nodes": {m["node"]: {"peak_mem_mib": per_node_peak.get(m["node"]),
                               "ranks": sorted(int(x) for x in m["ranks"]),
-                              "monitor_cpu_s": m["monitor_cpu_s"]} for m in monitors},
+                              "monitor_cpu_s": m["monitor_cpu_s"],
+                              "kit_cpu_s": m.get("kit_cpu_s")} for m in monitors},
         "iterations": [rec.as_dict() for rec in records],
     }
     b.write_json("metrics.json", metrics_doc)

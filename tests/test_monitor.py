@@ -33,3 +33,22 @@ def test_peak_is_the_high_water_mark_not_a_sample():
     finally:
         proc.stdin.close()
         proc.wait(timeout=10)
+
+
+def test_kit_cpu_is_the_whole_process_while_watching():
+    """``kit_cpu_s``: all of the kit process's CPU (every thread) between start and stop, the
+    bound on what the kit takes from the ranks while they run; frozen at stop."""
+    import time
+
+    mon = Monitor("nobody-runs-this", ["-c", "nothing"], expected_local=1, interval=0.05).start()
+    t0 = time.process_time()
+    while time.process_time() - t0 < 0.3:  # another thread of the kit working
+        sum(range(1000))
+    mon.stop()
+    snap = mon.snapshot()
+    assert 0.3 <= snap["kit_cpu_s"] < 5, snap
+    assert snap["monitor_cpu_s"] < snap["kit_cpu_s"]
+    t1 = time.process_time()
+    while time.process_time() - t1 < 0.1:
+        sum(range(1000))
+    assert mon.snapshot()["kit_cpu_s"] == snap["kit_cpu_s"]

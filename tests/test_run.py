@@ -30,6 +30,9 @@ def check_bundle(bundle, world):
         assert r["peak_rss_mib"] > 50
         assert r["allocator"]["allocator"] == "tcmalloc", r   # seen in the rank's /proc/<pid>/maps
     assert s["peak_mem_mib"] == pytest.approx(sum(r["peak_rss_mib"] for r in ranks.values()), rel=0.01)
+    (node,) = metrics["nodes"].values()
+    # what the kit spent while the ranks ran: the monitor is part of it, and it is small
+    assert 0 < node["monitor_cpu_s"] <= node["kit_cpu_s"] < 0.2 * s["duration_s"], node
     prov = load(bundle, "provenance.json")
     settings = {x["name"]: x for x in prov["plan"]["settings"]}
     assert settings["allocator"]["verified"] is True
