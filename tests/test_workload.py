@@ -107,6 +107,33 @@ def test_fused_head_loss_matches_cross_entropy(dtype: str) -> None:
         torch.testing.assert_close(lm_loss(x0, w0, t), ref[0], **tol)
 
 
+@pytest.mark.parametrize("host_sync", [True, False])
+def test_per_row_loss_both_ways_where_the_target_probability_underflows(host_sync: bool) -> None:
+    """Both ways of taking the per-row loss (CPU: softmax, -log p, underflowed rows
+    recomputed a few at a time; CUDA: log-sum-exp first, no host sync) give
+    F.cross_entropy's values, also for rows ~100+ nats off, and leave the softmax."""
+    import torch
+    import torch.nn.functional as F
+
+    from kit.workload import model
+
+    torch.manual_seed(1)
+    x, w = torch.randn(64, 32) * 4, torch.randn(300, 32)
+    t = torch.randint(0, 300, (64,))
+    logits = F.linear(x, w)
+    buf = logits.clone()
+    old = model._RECOMPUTE_ROWS
+    model._RECOMPUTE_ROWS = 2  # several recompute GEMMs
+    try:
+        nll = model._target_nll(buf, t, x, w, host_sync=host_sync)
+    finally:
+        model._RECOMPUTE_ROWS = old
+    ref = F.cross_entropy(logits, t, reduction="none")
+    assert (ref > 110).sum() >= 3 and (ref < 60).sum() >= 3  # both kinds of row
+    torch.testing.assert_close(nll, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(buf, torch.softmax(logits, -1))
+
+
 def test_fused_head_loss_where_the_target_probability_underflows() -> None:
     """Rows whose target is ~100+ nats below the log-sum-exp (a diverging run): p(target)
     is 0 in float32, and the loss of those rows is recomputed from the logits; value and

@@ -13,6 +13,7 @@ LM head are replicated (not vocab-parallel); only the block linears are split.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -158,7 +159,32 @@ class _BufferPool:
 _BUFFERS = _BufferPool()
 
 
-_TINY = 1e-30  # below this a float32 probability has lost digits (or is 0): loss recomputed
+# -log p(target) is exact while p is well above float32's smallest normal (1.2e-38); rows
+# below this (a target ~69 nats under the row's log-sum-exp) get their loss recomputed
+_TINY = 1e-30
+_RECOMPUTE_ROWS = 1024  # rows per GEMM when recomputing (bounds the extra memory)
+
+
+def _target_nll(buf: torch.Tensor, targets: torch.Tensor, xc: torch.Tensor, wc: torch.Tensor, *,
+                host_sync: bool) -> torch.Tensor:
+    """Per-row -log softmax(logits)[target], turning ``buf`` (the logits) into the softmax.
+
+    ``host_sync`` (CPU, where it is free): one in-place softmax pass, then -log p(target);
+    rows where p underflows are found (a host sync) and recomputed from their logits, a
+    GEMM per ``_RECOMPUTE_ROWS`` rows. Otherwise (CUDA): log-sum-exp first, one more read
+    pass over the logits, cheap on device memory and no host sync in the middle of the step.
+    """
+    if not host_sync:
+        nll = torch.logsumexp(buf, dim=-1) - buf.gather(1, targets[:, None]).squeeze(1)
+        torch.softmax(buf, dim=-1, out=buf)
+        return nll
+    torch.softmax(buf, dim=-1, out=buf)  # one row-wise pass (max, exp and sum, scale)
+    nll = -torch.log(buf.gather(1, targets[:, None]).squeeze(1))
+    lost = (nll > -math.log(_TINY)).nonzero().squeeze(1)
+    for rows in lost.split(_RECOMPUTE_ROWS):
+        logits = torch.mm(xc[rows], wc.t()).float()
+        nll[rows] = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[rows, None]).squeeze(1)
+    return nll
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -166,13 +192,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     Same value and gradients as ``F.cross_entropy(F.linear(x, weight), targets)``, with one
     N x V float32 buffer instead of four: the logits GEMM writes into a reused buffer, the
-    softmax runs in place (a single pass over the buffer: each row is still in cache for
-    its three sweeps), the loss is -log p(target), and the buffer then becomes
+    softmax runs in place (on CPU a single pass: each row is still in cache for its three
+    sweeps; see ``_target_nll`` for the loss), and the buffer then becomes
     d(loss)/d(logits) in place (minus one at the targets); the backward's two GEMMs read it
-    and fold the 1/N and the incoming gradient into the GEMM's alpha. Where p(target)
-    underflows (a target ~70 nats below the row's log-sum-exp), that row's loss is
-    recomputed exactly from its logits, so the value matches ``F.cross_entropy`` there too. With a 50k vocabulary this is a
-    large share of a small model's step on CPU. Under bf16 autocast the GEMMs run in bf16
+    and fold the 1/N and the incoming gradient into the GEMM's alpha. With a 50k vocabulary
+    this is a large share of a small model's step on CPU. Under bf16 autocast the GEMMs run in bf16
     and the softmax in fp32, as autocast would do.
     """
 
@@ -186,15 +210,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(xc, wc.t(), out=buf)
             else:
                 buf.copy_(torch.mm(xc, wc.t()))
-            target_logit = buf.gather(1, targets[:, None]).squeeze(1)
-            torch.softmax(buf, dim=-1, out=buf)  # one row-wise pass (max, exp and sum, scale)
-            p_target = buf.gather(1, targets[:, None]).squeeze(1)
-            nll = -torch.log(p_target)
-            lost = (p_target < _TINY).nonzero().squeeze(1)
-            if lost.numel():  # p underflowed: that row's loss from its logits again (exact)
-                logits = torch.mm(xc[lost], wc.t()).float()
-                nll[lost] = torch.logsumexp(logits, dim=-1) - target_logit[lost]
-            loss = nll.mean()
+            loss = _target_nll(buf, targets, xc, wc, host_sync=buf.device.type == "cpu").mean()
             buf[torch.arange(buf.size(0), device=buf.device), targets] -= 1.0
         ctx.save_for_backward(xc, wc, buf)
         ctx.dtypes = (x.dtype, weight.dtype)
