@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import psutil
@@ -93,6 +94,8 @@ class Monitor:
         # the whole kit process's CPU time while it watches the ranks (monitor, log reader,
         # progress display): what the kit can take from the ranks while they run
         self._process_cpu: list[float] = []
+        # told the pids of the ranks and their children at each scan (the kit's reaper)
+        self.on_pids: Callable[[list[int]], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Monitor":
@@ -169,6 +172,15 @@ class Monitor:
                 self._children[rank] = p.children(recursive=True)
             except psutil.Error:
                 self._children[rank] = []
+        if self.on_pids is not None:
+            self.on_pids(self.all_pids())
+
+    def all_pids(self) -> list[int]:
+        """Every rank process seen and its children at the last scan (dead ones included)."""
+        with self._lock:
+            pids = [s.pid for s in self.ranks.values()]
+        pids += [c.pid for children in list(self._children.values()) for c in children]
+        return pids
 
     def sample(self) -> None:
         now = time.time()

@@ -14,8 +14,8 @@ ranks run:
 4. the stall watchdog: no new iteration for the stall timeout (or no first iteration within
    the start-up timeout) → each rank's Python stack is collected, the ranks are stopped,
    status ``stalled``; a rank failure → ``failed`` with per-rank exit codes/signals;
-   SIGINT/SIGTERM to the kit → ranks stopped, ``interrupted``; the kit killed outright →
-   its sidecar stops the launcher's process group (``reaper``);
+   SIGINT/SIGTERM/SIGHUP to the kit → ranks stopped, ``interrupted``; the kit killed
+   outright → its sidecar stops the launcher's group and the ranks (``reaper``);
 5. metrics, provenance and the final manifest are written, whatever the outcome.
 """
 
@@ -90,7 +90,7 @@ def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, A
 
 
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag the run loop acts on (main thread only)."""
+    """Turns SIGINT/SIGTERM/SIGHUP into a flag the run loop acts on (main thread only)."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -98,7 +98,7 @@ class _Interrupt:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
+            for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -130,22 +130,14 @@ class _Background:
         return self._out[0]
 
 
-def _kill_group(proc: subprocess.Popen, grace: float = TERM_GRACE_S) -> None:
-    """SIGTERM the launcher's process group, SIGKILL what is left after ``grace`` seconds."""
-    if proc.poll() is not None:
-        return
+def _stop_run(proc: subprocess.Popen, monitor: Monitor, run_id: str, grace: float = TERM_GRACE_S) -> None:
+    """SIGTERM the launcher's process group; after ``grace`` seconds SIGKILL what is left of
+    it and of the ranks (``reaper.stop``: torchrun's workers have sessions of their own)."""
+    reaper.stop(proc.pid, monitor.all_pids(), run_id, grace, poll=proc.poll)
     try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def dump_stacks(pids: dict[int, int], out: Path, *, faulthandler_signal: bool) -> dict[str, str]:
@@ -214,7 +206,7 @@ class _Watch:
 
     ``follow`` (a reader thread) copies every line into the log and parses iterations for
     the progress view and the stall clock; ``until_exit`` (the main thread) waits for the
-    launcher and stops its process group on SIGINT/SIGTERM or when no new iteration came
+    launcher and stops the run on SIGINT/SIGTERM/SIGHUP or when no new iteration came
     within the stall limit (the start-up limit before the first), collecting stacks first.
     """
 
@@ -245,7 +237,7 @@ class _Watch:
                 pass
             if intr.signum is not None:
                 self.view.status("interrupted: stopping ranks…")
-                _kill_group(proc)
+                _stop_run(proc, monitor, self.b.id)
                 return "interrupted", f"{signal.Signals(intr.signum).name} received by kit; ranks stopped", {}
             with self._lock:
                 idle = time.monotonic() - self._last_progress
@@ -257,7 +249,7 @@ class _Watch:
                 self.view.status(f"stalled: {what}; collecting stacks…")
                 stacks = dump_stacks(monitor.pids(), self.b.logs / "stacks",
                                      faulthandler_signal="kit.workload" in self.plan.rank_argv)
-                _kill_group(proc)
+                _stop_run(proc, monitor, self.b.id)
                 return "stalled", what, stacks
 
 
@@ -302,17 +294,23 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         watch = _Watch(plan, b, launcher, view)
         with log_path.open("w", buffering=1) as log:
             log.write(f"# kit: {' '.join(cmd.argv)}\n")
-            try:
-                if cmd.start_error:
-                    raise OSError(cmd.start_error)
-                proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cwd, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                        text=True, bufsize=1, errors="replace")
-            except OSError as e:
-                status, reason = "failed", cmd.start_error or f"could not start {cmd.argv[0]}: {e}"
-                proc = None
-            if proc is not None:
-                with reaper.guard(proc.pid, TERM_GRACE_S):
+            with reaper.guard(b.id, TERM_GRACE_S) as guard:
+                try:
+                    if cmd.start_error:
+                        raise OSError(cmd.start_error)
+                    proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cwd, stdout=subprocess.PIPE,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, text=True, bufsize=1, errors="replace")
+                except OSError as e:
+                    status, reason = "failed", cmd.start_error or f"could not start {cmd.argv[0]}: {e}"
+                    proc = None
+                if proc is not None:
+                    guard.group(proc.pid)
+                    guard.cleanup(rt.cleanup_commands())
+                    if not guard.active:
+                        log.write(f"# kit: no reaper ({guard.why_not}): were the kit killed, its ranks would "
+                                  "have to be stopped by hand\n")
+                    monitor.on_pids = guard.ranks
                     monitor.start()
                     # the software inventory overlaps the ranks' start-up (or is read from its cache)
                     software_job = _Background(rt.inspect_software)
@@ -321,9 +319,9 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
                     reader.start()
                     status, reason, stacks = watch.until_exit(proc, intr, monitor)
                     rc = proc.wait()
-                reader.join(timeout=10)
-                monitor.stop()
-                rt.close()  # e.g. `podman rm -f`: nothing of the run outlives it
+                    reader.join(timeout=10)
+                    monitor.stop()
+                    rt.close()  # e.g. `podman rm -f`: nothing of the run outlives it
     duration = time.monotonic() - t_start
     log_text = log_path.read_text(errors="replace")
     rank_failures = launcher.failures(log_text)

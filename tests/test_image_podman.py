@@ -177,3 +177,66 @@ def test_reproduce_checks_the_image_digest(x86_image, tmp_path):
         assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
     finally:
         subprocess.run(["podman", "rmi", "-f", ref], capture_output=True)
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_killed_kit_leaves_no_container_and_no_rank(x86_image, tmp_path):
+    """The kit SIGKILLed while its ranks train in a container: nothing of the run is left,
+    neither the container nor a rank. (Here the podman client already dies of the broken
+    output pipe and takes the container with it, so this passes without the reaper too; the
+    reaper's part, stopping the client and the ranks and running `podman rm -f`, is
+    tested in test_reaper.py and, for torchrun on the host, in test_reliability.py.)"""
+    import signal
+    import time
+
+    out = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--runtime", "podman", "--image", x86_image["ref"],
+                             "--set", "train.iters=400", "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    bundle = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, "kit run ended before its first iteration"
+            if "iteration 1/" in line:
+                break
+        bundle = only_bundle(out)
+        argv = (bundle / "logs" / "launcher.log").read_text().splitlines()[0].split()
+        name = argv[argv.index("--name") + 1]
+        assert subprocess.run(["podman", "container", "exists", name]).returncode == 0
+        os.killpg(proc.pid, signal.SIGKILL)  # the kit dies without any chance to clean up
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            gone = subprocess.run(["podman", "container", "exists", name]).returncode == 1
+            if gone and not _run_processes(bundle.name):
+                break
+            time.sleep(0.5)
+        assert subprocess.run(["podman", "container", "exists", name]).returncode == 1, f"container {name} left"
+        assert not _run_processes(bundle.name)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        if bundle is not None:
+            for pid in _run_processes(bundle.name):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def _run_processes(run_id: str) -> list[int]:
+    """Live processes (seen from the host) whose environment carries ``KIT_RUN_ID=run_id``."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("KIT_RUN_ID") == run_id:
+                pids.append(p.pid)
+        except psutil.Error:
+            continue
+    return pids

@@ -1,8 +1,9 @@
-"""The reaper: when the kit dies, the process group of its launcher is stopped.
+"""The reaper: when the kit dies, its run is stopped and cleaned up.
 
-A real process group (``sleep`` in its own session, with a child) stands in for the
-launcher and its ranks; the kit's death is the closing of the guard's pipe without a
-release, which is what the kernel does to the pipe when the kit is killed.
+Real processes stand in for a run: a launcher (``sh`` in its own session, with a child) and
+a rank in a session of its own, as torchrun starts its workers; both carry the run's
+``KIT_RUN_ID``. The kit's death is a Python process holding the guard that is SIGKILLed, or
+the guard's block raising.
 """
 
 from __future__ import annotations
@@ -12,79 +13,110 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from kit import reaper
 
-
-def _group() -> subprocess.Popen:
-    # a launcher with a child that ignores nothing: both must go
-    return subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300; wait"], start_new_session=True)
+REPO = Path(__file__).resolve().parents[1]
+IGNORE_TERM = "trap '' TERM; "  # an ignored signal stays ignored across exec: sleep ignores it too
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
+def _start(script: str, run_id: str | None) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "KIT_RUN_ID"}
+    if run_id:
+        env["KIT_RUN_ID"] = run_id
+    return subprocess.Popen(["sh", "-c", script], start_new_session=True, env=env)
 
 
-def _gone_within(pgid: int, proc: subprocess.Popen, seconds: float) -> bool:
+def _gone_within(procs: list[subprocess.Popen], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        proc.poll()  # reap the sh so its pid does not linger as a zombie member
-        if not _alive(pgid):
+        if all(p.poll() is not None for p in procs):
             return True
         time.sleep(0.1)
     return False
 
 
-def test_a_normal_exit_releases_the_group():
-    proc = _group()
-    try:
-        with reaper.guard(proc.pid, grace=1):
+def _cleanup(*procs: subprocess.Popen) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-        time.sleep(0.5)
-        assert proc.poll() is None and _alive(proc.pid)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        p.wait()
 
 
-def test_an_exception_in_the_kit_stops_the_group():
-    proc = _group()
-    try:
-        with pytest.raises(RuntimeError):
-            with reaper.guard(proc.pid, grace=1):
-                raise RuntimeError("the kit failed while the ranks ran")
-        assert _gone_within(proc.pid, proc, 10)
-    finally:
-        if _alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+@pytest.fixture
+def run(request):
+    """A launcher group and a rank in its own session, both of run ``test-<name>``."""
+    run_id = f"reaper-{request.node.name}-{os.getpid()}"
+    launcher = _start("sleep 300 & sleep 300; wait", run_id)
+    rank = _start(IGNORE_TERM + "exec sleep 300", run_id)
+    yield run_id, launcher, rank
+    _cleanup(launcher, rank)
 
 
-def test_a_killed_kit_stops_the_group_with_sigkill_after_the_grace():
-    # the "kit" is a python that starts the guard and is then SIGKILLed; the group ignores
-    # SIGTERM, so only the escalation to SIGKILL ends it
-    proc = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 300 & sleep 300; wait"], start_new_session=True)
+def test_a_normal_exit_releases_the_run(run):
+    run_id, launcher, rank = run
+    with reaper.guard(run_id, grace=1) as g:
+        assert g.active, g.why_not
+        g.group(launcher.pid)
+        g.ranks([rank.pid])
+    time.sleep(1.5)
+    assert launcher.poll() is None and rank.poll() is None
+
+
+def test_an_exception_in_the_kit_stops_the_run(run):
+    run_id, launcher, rank = run
+    with pytest.raises(RuntimeError):
+        with reaper.guard(run_id, grace=1) as g:
+            g.group(launcher.pid)
+            g.ranks([rank.pid])
+            raise RuntimeError("the kit failed while the ranks ran")
+    # the launcher goes on SIGTERM; the rank ignores it and goes on SIGKILL after the grace
+    assert _gone_within([launcher, rank], 10)
+
+
+def test_a_killed_kit_stops_the_run_and_cleans_up(run, tmp_path):
+    run_id, launcher, rank = run
+    stranger = _start(IGNORE_TERM + "exec sleep 300", None)  # told as a rank, but not of this run
+    marker = tmp_path / "cleaned"
     kit = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
         "from kit import reaper\n"
-        "with reaper.guard(%d, grace=1):\n"
-        "    print('guarded', flush=True); time.sleep(300)\n") % proc.pid],
-        stdout=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(reaper.__file__)))
+        f"with reaper.guard({run_id!r}, grace=1) as g:\n"
+        f"    g.group({launcher.pid}); g.ranks([{rank.pid}, {stranger.pid}])\n"
+        f"    g.cleanup([['touch', {str(marker)!r}]])\n"
+        "    print('guarded', flush=True); time.sleep(300)\n")],
+        stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert kit.stdout.readline().strip() == "guarded"
         time.sleep(0.5)
-        assert _alive(proc.pid)  # a guard alone kills nothing
+        assert launcher.poll() is None and rank.poll() is None  # a guard alone stops nothing
         kit.kill()
         kit.wait()
-        assert _gone_within(proc.pid, proc, 15)
+        assert _gone_within([launcher, rank], 15)
+        deadline = time.monotonic() + 10
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists()  # the runtime's clean-up ran (podman rm -f in real runs)
+        assert stranger.poll() is None  # a pid whose KIT_RUN_ID is not the run's is never signalled
     finally:
         kit.kill()
-        if _alive(proc.pid):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        _cleanup(stranger)
+
+
+def test_stop_escalates_to_the_ranks_and_spares_others(run):
+    """``stop`` as the kit uses it on an interrupt or a stall."""
+    run_id, launcher, rank = run
+    stranger = _start(IGNORE_TERM + "exec sleep 300", None)
+    try:
+        t0 = time.monotonic()
+        reaper.stop(launcher.pid, [rank.pid, stranger.pid], run_id, grace=1, poll=launcher.poll)
+        assert time.monotonic() - t0 < 5
+        assert _gone_within([launcher, rank], 5)
+        assert stranger.poll() is None
+    finally:
+        _cleanup(stranger)

@@ -86,7 +86,7 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
     raise AssertionError(f"{needle!r} not seen:\n{''.join(lines)}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupt_finalizes_the_bundle_quickly(tmp_path, sig):
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--preset", "tuned", "--set", "train.iters=400",

@@ -83,8 +83,17 @@ class Runtime(abc.ABC):
             return None
         return f"{self.name}-" + hashlib.sha256(f"{digest}|{os.cpu_count()}".encode()).hexdigest()[:32]
 
+    def cleanup_commands(self) -> list[list[str]]:
+        """The commands that remove what this runtime created for the run (containers, ...)."""
+        return []
+
     def close(self) -> None:
-        """Clean up anything the runtime created (containers, ...)."""
+        """Clean up anything the runtime created: run ``cleanup_commands()``."""
+        for argv in self.cleanup_commands():
+            try:
+                subprocess.run(argv, capture_output=True, timeout=60)
+            except (OSError, subprocess.SubprocessError):
+                pass
 
 
 def get(name: str, image: str | None = None, **options: Any) -> Runtime:

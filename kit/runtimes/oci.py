@@ -241,10 +241,12 @@ class OciRuntime(Runtime):
             "inside": self.probe(),
         }
 
+    def cleanup_commands(self) -> list[list[str]]:
+        return [[self.engine, "rm", "-f", "--ignore", name] if self.engine == "podman" else [self.engine, "rm", "-f", name]
+                for name in self._containers]
+
     def close(self) -> None:
-        for name in self._containers:
-            subprocess.run([self.engine, "rm", "-f", "--ignore", name] if self.engine == "podman"
-                           else [self.engine, "rm", "-f", name], capture_output=True, timeout=60)
+        super().close()
         self._containers.clear()
 
 
