@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,11 +22,11 @@ class HostRuntime(Runtime):
     def software_key(self) -> str | None:
         """The interpreter and the modification times of every directory on its ``sys.path``:
         installing, upgrading or removing a package changes its site-packages directory, and
-        so the key. (An edit inside an already installed package does not.)"""
+        so the key. (An edit inside an already installed package does not.) The command's
+        Python is this one (``sys.executable``) with this environment, so its path is this
+        process's, plus ``PYTHONPATH`` as it is now: no interpreter to start."""
         try:
-            out = subprocess.run([self.python, "-c", "import sys, json; print(json.dumps(sys.path))"],
-                                 capture_output=True, text=True, timeout=30)
-            paths = json.loads(out.stdout)
+            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + sys.path
             exe = Path(self.python).resolve()
             # the inventory inherits this environment: its thread count follows OMP_NUM_THREADS
             parts: list[object] = [str(exe), exe.stat().st_mtime_ns, os.cpu_count(),
@@ -35,6 +34,6 @@ class HostRuntime(Runtime):
             for p in paths:
                 if p and os.path.isdir(p):
                     parts += [p, os.stat(p).st_mtime_ns]
-        except (OSError, ValueError, subprocess.SubprocessError):
+        except (OSError, ValueError):
             return None
         return "host-" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
