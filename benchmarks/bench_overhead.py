@@ -17,7 +17,8 @@ While the ranks run, the kit can only slow them by the CPU it takes from them: i
 process's CPU time meanwhile (``kit_cpu_s`` in metrics.json: monitor, log reader, progress
 display). ``(fixed + kit_cpu_s) / median(direct)`` bounds the kit's cost in time and CPU,
 without this machine's noise; any other interference (the log pipe, caches) would show as
-the launcher's time inside the kit exceeding the direct run's.
+the launcher's time inside the kit exceeding the direct run's. What a sweep records is the
+rank's own time per iteration: its median (after warm-up) is compared too, kit vs direct.
 
     python benchmarks/bench_overhead.py --rounds 5 --json benchmarks/results/overhead.json
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -46,6 +48,15 @@ def kit_cmd(recipe: str, preset: str, sets: list[str], out: Path) -> list[str]:
     for s in sets:
         argv += ["--set", s]
     return argv
+
+
+ITER_MS = re.compile(r"elapsed time per iteration \(ms\): ([0-9.]+)")
+
+
+def iter_ms(text: str, warm: int) -> float:
+    """Median ms per iteration after ``warm`` warm-up iterations, from Megatron-format lines."""
+    ms = [float(x) for x in ITER_MS.findall(text)]
+    return median(ms[warm:] or ms)
 
 
 def newest(out: Path) -> Path:
@@ -77,6 +88,7 @@ def main() -> int:
     assert first.startswith("# kit: ")
     direct = shlex.split(first[len("# kit: "):])
     plan = json.loads((b / "plan.json").read_text())
+    warm = int(plan["recipe"]["train"]["warmup_iters"])
     denv = {**env0, **plan.get("env", {}), "PYTHONUNBUFFERED": "1", "KIT_RUN_ID": "bench-direct"}
     # the direct command writes torchrun's per-rank logs into its own folder, as kit's does
     ddir = tmp / "direct-logs"
@@ -86,13 +98,14 @@ def main() -> int:
     except ValueError:
         pass
     print("direct:", shlex.join(direct), flush=True)
-    A, B, mon, loads = [], [], [], []
+    A, B, mon, loads, it_kit, it_direct = [], [], [], [], [], []
     for rnd in range(a.rounds):
         for which in (("kit", "direct") if rnd % 2 == 0 else ("direct", "kit")):
             t0 = time.perf_counter()
             if which == "kit":
                 rr = subprocess.run(cmd, env=env0, cwd=ROOT, capture_output=True, text=True)
                 A.append(time.perf_counter() - t0)
+                it_kit.append(iter_ms((newest(out) / "logs" / "launcher.log").read_text(), warm))
                 m = json.loads((newest(out) / "metrics.json").read_text())
                 dur = m["summary"]["duration_s"]
                 cpu = sum(n.get("monitor_cpu_s", 0.0) for n in m["nodes"].values())
@@ -103,13 +116,15 @@ def main() -> int:
                 shutil.rmtree(ddir, ignore_errors=True)
                 rr = subprocess.run(direct, env=denv, cwd=ROOT, capture_output=True, text=True)
                 B.append(time.perf_counter() - t0)
+                it_direct.append(iter_ms(rr.stdout, warm))
             if rr.returncode:
                 print(f"{which} failed rc={rr.returncode}:", rr.stdout[-2000:], rr.stderr[-2000:])
                 return 1
             loads.append(load())
         print(f"round {rnd}: kit {A[-1]:.2f}s (launcher {mon[-1]['run_s']:.2f}s + kit "
               f"{mon[-1]['outside_launcher_s']:.2f}s, kit CPU meanwhile {mon[-1]['kit_cpu_s']:.3f}s) direct {B[-1]:.2f}s ratio {A[-1] / B[-1]:.3f} "
-              f"monitor {mon[-1]['core_fraction'] * 100:.2f}% of a core  load {loads[-1]}", flush=True)
+              f"monitor {mon[-1]['core_fraction'] * 100:.2f}% of a core; ms/iteration kit {it_kit[-1]:.1f} direct "
+              f"{it_direct[-1]:.1f}  load {loads[-1]}", flush=True)
     ratio = median(A) / median(B)
     fixed = median([m["outside_launcher_s"] for m in mon])
     launcher = median([m["run_s"] for m in mon])
@@ -124,12 +139,15 @@ def main() -> int:
            "ratio_launcher_in_kit_vs_direct": round(launcher / median(B), 4),
            "fixed_cost_fraction_of_direct": round(fixed / median(B), 4),
            "median_kit_cpu_during_run_s": round(kcpu, 4), "bound_fraction_of_direct": round(bound, 4),
+           "iter_ms_kit": [round(x, 1) for x in it_kit], "iter_ms_direct": [round(x, 1) for x in it_direct],
+           "ratio_iter_ms_medians": round(median(it_kit) / median(it_direct), 4),
            "loadavg_per_run": loads}
     print(f"kit run {median(A):.2f}s vs direct {median(B):.2f}s: ratio {ratio:.3f}; launcher inside kit "
           f"{launcher:.2f}s ({launcher / median(B):.3f}x direct) + kit outside it {fixed:.2f}s "
           f"({fixed / median(B) * 100:.1f}% of direct), kit CPU while the ranks ran {kcpu:.3f}s: (fixed + CPU) "
           f"{bound * 100:.1f}% of direct; monitor "
-          f"{doc['monitor_core_fraction_median'] * 100:.2f}% of one core", flush=True)
+          f"{doc['monitor_core_fraction_median'] * 100:.2f}% of one core; ms/iteration kit {median(it_kit):.1f} vs "
+          f"direct {median(it_direct):.1f} (ratio {doc['ratio_iter_ms_medians']:.3f})", flush=True)
     write_json(a.json, doc)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
