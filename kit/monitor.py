@@ -93,28 +93,28 @@ class Monitor:
         self.cpu_time_s = 0.0  # the monitor's own CPU time, to report its cost
         # the whole kit process's CPU time while it watches the ranks (monitor, log reader,
         # progress display): what the kit can take from the ranks while they run
-        self._process_cpu: list[float] = []
+        self._cpu_start: float | None = None
+        self._cpu_end: float | None = None
         # told the pids of the ranks and their children at each scan (the kit's reaper)
         self.on_pids: Callable[[list[int]], None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Monitor":
-        self._process_cpu = [time.process_time()]
+        self._cpu_start = time.process_time()
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        if len(self._process_cpu) == 1:
-            self._process_cpu.append(time.process_time())
+        if self._cpu_start is not None and self._cpu_end is None:
+            self._cpu_end = time.process_time()
 
     @property
     def process_cpu_s(self) -> float:
-        if not self._process_cpu:
+        if self._cpu_start is None:
             return 0.0
-        end = self._process_cpu[1] if len(self._process_cpu) > 1 else time.process_time()
-        return end - self._process_cpu[0]
+        return (self._cpu_end if self._cpu_end is not None else time.process_time()) - self._cpu_start
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -104,3 +104,18 @@ def pjm_standins(tmp_path):
     """PATH with the PJM/Fujitsu-MPI stand-ins (tests/standins, not the real tools) first."""
     return {"PATH": f"{STANDINS}{os.pathsep}{os.environ.get('PATH', '')}", "PJM_STANDIN_DIR": str(tmp_path / "pjm"),
             "KIT_POLL_S": "1"}
+
+
+def run_pids(run_id: str) -> list[int]:
+    """Live (not zombie) processes of run ``run_id``, seen from the host (the kit puts
+    ``KIT_RUN_ID`` in their environment)."""
+    import psutil
+
+    pids = []
+    for p in psutil.process_iter():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("KIT_RUN_ID") == run_id:
+                pids.append(p.pid)
+        except psutil.Error:
+            continue
+    return pids

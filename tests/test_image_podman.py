@@ -190,6 +190,8 @@ def test_killed_kit_leaves_no_container_and_no_rank(x86_image, tmp_path):
     import signal
     import time
 
+    from conftest import run_pids
+
     out = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--runtime", "podman", "--image", x86_image["ref"],
                              "--set", "train.iters=400", "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
@@ -212,31 +214,17 @@ def test_killed_kit_leaves_no_container_and_no_rank(x86_image, tmp_path):
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
             gone = subprocess.run(["podman", "container", "exists", name]).returncode == 1
-            if gone and not _run_processes(bundle.name):
+            if gone and not run_pids(bundle.name):
                 break
             time.sleep(0.5)
         assert subprocess.run(["podman", "container", "exists", name]).returncode == 1, f"container {name} left"
-        assert not _run_processes(bundle.name)
+        assert not run_pids(bundle.name)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         if bundle is not None:
-            for pid in _run_processes(bundle.name):
+            for pid in run_pids(bundle.name):
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
-
-
-def _run_processes(run_id: str) -> list[int]:
-    """Live processes (seen from the host) whose environment carries ``KIT_RUN_ID=run_id``."""
-    import psutil
-
-    pids = []
-    for p in psutil.process_iter():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("KIT_RUN_ID") == run_id:
-                pids.append(p.pid)
-        except psutil.Error:
-            continue
-    return pids

@@ -19,7 +19,7 @@ import yaml
 
 from kit.bundle import read_manifest, verify
 from kit.recipe import DEFAULT_COMMAND
-from conftest import REPO, bundle_from_output, kit_cli, load
+from conftest import REPO, bundle_from_output, kit_cli, load, run_pids
 
 pytestmark = pytest.mark.slow
 
@@ -134,9 +134,9 @@ def test_kit_killed_mid_run_leaves_an_incomplete_bundle(tmp_path):
     try:
         # the launcher runs in its own session; the kit's reaper stops it and the ranks
         deadline = time.monotonic() + 20
-        while _run_pids(bundle.name) and time.monotonic() < deadline:
+        while run_pids(bundle.name) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _run_pids(bundle.name), "the ranks outlived the killed kit"
+        assert not run_pids(bundle.name), "the ranks outlived the killed kit"
     finally:
         _kill_run(bundle.name)  # left alone they would train on and slow every later test
     v = verify(bundle)
@@ -146,34 +146,15 @@ def test_kit_killed_mid_run_leaves_an_incomplete_bundle(tmp_path):
     assert r.returncode != 0 and "incomplete" in (r.stdout + r.stderr)
 
 
-def _run_pids(run_id: str) -> list[int]:
-    """Live (not zombie) processes of run ``run_id`` (the kit puts KIT_RUN_ID in their environment)."""
-    import psutil
-
-    pids = []
-    for p in psutil.process_iter():
-        try:
-            if p.status() != psutil.STATUS_ZOMBIE and p.environ().get("KIT_RUN_ID") == run_id:
-                pids.append(p.pid)
-        except psutil.Error:
-            continue
-    return pids
-
-
 def _kill_run(run_id: str) -> None:
     """SIGKILL every process of run ``run_id`` (the kit puts KIT_RUN_ID in their environment)."""
     import psutil
 
     victims = []
-    for p in psutil.process_iter():
+    for pid in run_pids(run_id):
         try:
-            if p.environ().get("KIT_RUN_ID") == run_id:
-                victims.append(p)
-        except psutil.Error:
-            continue
-    for p in victims:
-        try:
-            p.kill()
+            victims.append(psutil.Process(pid))
+            victims[-1].kill()
         except psutil.Error:
             pass
     psutil.wait_procs(victims, timeout=30)
