@@ -171,13 +171,16 @@ def _target_nll(buf: torch.Tensor, targets: torch.Tensor, xc: torch.Tensor, wc: 
 
     ``host_sync`` (CPU, where it is free): one in-place softmax pass, then -log p(target);
     rows where p underflows are found (a host sync) and recomputed from their logits, a
-    GEMM per ``_RECOMPUTE_ROWS`` rows. Otherwise (CUDA): log-sum-exp first, one more read
-    pass over the logits, cheap on device memory and no host sync in the middle of the step.
+    GEMM per ``_RECOMPUTE_ROWS`` rows. Otherwise (CUDA), no host sync in the middle of the
+    step and no N x V temporary (``torch.logsumexp`` makes one): the row maximum m before
+    the softmax and the largest probability after it, 1/sum exp(x - m), which never
+    underflows, give log-sum-exp = m - log max p; two more read passes, cheap on device memory.
     """
     if not host_sync:
-        nll = torch.logsumexp(buf, dim=-1) - buf.gather(1, targets[:, None]).squeeze(1)
+        row_max = buf.amax(dim=-1)
+        target_logit = buf.gather(1, targets[:, None]).squeeze(1)
         torch.softmax(buf, dim=-1, out=buf)
-        return nll
+        return row_max - torch.log(buf.amax(dim=-1)) - target_logit
     torch.softmax(buf, dim=-1, out=buf)  # one row-wise pass (max, exp and sum, scale)
     nll = -torch.log(buf.gather(1, targets[:, None]).squeeze(1))
     lost = (nll > -math.log(_TINY)).nonzero().squeeze(1)
