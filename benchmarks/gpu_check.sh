@@ -76,6 +76,44 @@ print(json.dumps(out))
 EOF
 [[ $? == 0 ]] && log "GEMM: $(cat "$WORK/gemm.json")" || { log "FAIL: GEMM ($(tail -2 "$WORK/gemm.err"))"; echo '{}' > "$WORK/gemm.json"; }
 
+# 0. the fused LM head + loss on the device: value and gradients vs F.cross_entropy(F.linear)
+#    (fp32 and bf16 autocast, at the 124M vocabulary), and both per-row loss paths
+log "fused head + loss vs F.cross_entropy on the device"
+timeout 120 "$PY" - "$MODE" > "$OUT/fused_loss.txt" 2>&1 <<'EOF'
+import sys
+import torch
+import torch.nn.functional as F
+from kit.workload import model
+dev = "cuda" if sys.argv[1] == "gpu" else "cpu"
+torch.manual_seed(0)
+N, H, V = (4096, 768, 50304) if dev == "cuda" else (256, 64, 50304)
+x0, w0 = torch.randn(N, H, device=dev), torch.randn(V, H, device=dev) * 0.05
+t = torch.randint(0, V, (N,), device=dev)
+worst = 0.0
+for dtype, tol in (("fp32", 1e-4), ("bf16", 3e-2)):
+    amp = torch.autocast(dev, dtype=torch.bfloat16, enabled=dtype == "bf16")
+    res = []
+    for fn in (lambda x, w: F.cross_entropy(F.linear(x, w).float(), t), lambda x, w: model.lm_loss(x, w, t)):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with amp:
+            loss = fn(x, w)
+        (loss * 0.5).backward()
+        res.append((loss.detach().float(), x.grad.float(), w.grad.float()))
+    errs = [((a - b).abs().max() / (b.abs().max() + 1e-12)).item() for a, b in zip(res[1], res[0])]
+    print(dtype, "relative max error loss/grad_x/grad_w", ["%.2e" % e for e in errs], "ok" if max(errs) < tol else "FAIL")
+    worst = max(worst, max(errs) / tol)
+logits = F.linear(x0, w0 * 40)  # rows whose target probability underflows in float32
+ref = F.cross_entropy(logits, t, reduction="none")
+for host_sync in (True, False):
+    err = (model._target_nll(logits.clone(), t, x0, w0 * 40, host_sync=host_sync) - ref).abs().max().item()
+    print("per-row loss, host_sync", host_sync, "max abs error %.2e" % err, "(targets > 100 nats off: %d)"
+          % int((ref > 100).sum()), "ok" if err < 1e-3 * ref.abs().max().item() else "FAIL")
+    worst = max(worst, err / (1e-3 * ref.abs().max().item()))
+sys.exit(0 if worst < 1 else 1)
+EOF
+[[ $? == 0 ]] && log "fused loss: ok" || log "FAIL: fused loss (see fused_loss.txt)"
+tail -4 "$OUT/fused_loss.txt" | tee -a "$OUT/summary.txt"
+
 # 1. through `kit run` (local launcher: torchrun, nccl on GPU), bundle and all
 log "kit run gpt-124m bf16 (micro $MB, global $GB, $ITERS iters)"
 SETS=(--set batch.micro=$MB --set batch.global=$GB --set train.iters=$ITERS --set train.warmup_iters=$WARM
