@@ -48,6 +48,8 @@ from kit.progress import ProgressView
 
 EXIT_CODES = {"ok": 0, "submitted": 0, "failed": 1, "stalled": 3, "interrupted": 130}
 TERM_GRACE_S = 5.0
+FINALIZE_WAIT_S = 30.0  # for another kit that is finalizing the same bundle (kit collect vs the job's kit)
+FINALIZE_STALE_S = 300.0  # a claim older than this, from another host, is from a kit that died
 
 
 @dataclass
@@ -364,19 +366,61 @@ def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
+def _claim_gone(claim: dict[str, Any]) -> bool:
+    """The kit that claimed a bundle's finalization is known to be gone: its process no longer
+    exists on this host, or (elsewhere) it claimed longer ago than any finalization takes."""
+    import datetime as dt
+
+    import psutil
+
+    if claim.get("host") == socket.gethostname():
+        try:
+            return "kit" not in " ".join(psutil.Process(int(claim["pid"])).cmdline())
+        except (psutil.Error, KeyError, TypeError, ValueError):
+            return True
+    try:
+        age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(claim["claimed"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return age.total_seconds() > FINALIZE_STALE_S
+
+
+def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
+    """None when this kit now finalizes ``b``. Otherwise another kit has (its outcome) or is
+    finalizing it: wait for it up to ``FINALIZE_WAIT_S``, take over from one that is gone."""
+    deadline = time.monotonic() + FINALIZE_WAIT_S
+    while True:
+        on_disk = bundle_mod.read_manifest(b.path)
+        if on_disk.status in bundle_mod.FINAL_STATUSES:
+            # finalized meanwhile by another kit (`kit collect` after its grace): keep its version
+            out = Outcome(status=on_disk.status, reason=on_disk.reason, bundle=b)
+            console.print(f"bundle already finalized by another kit ({on_disk.status}); left as it is",
+                          highlight=False, soft_wrap=True)
+            _print_result(out, console)
+            return out
+        claim = b.claim_finalization()
+        if claim is None or (claim.get("host") == socket.gethostname() and claim.get("pid") == os.getpid()):
+            return None  # ours (now, or from an earlier call in this process)
+        who = f"{claim.get('command', 'a kit')} on {claim.get('host', '?')} (pid {claim.get('pid', '?')})"
+        if _claim_gone(claim):
+            console.print(f"{who} claimed the bundle's finalization and is gone: finalizing it here",
+                          highlight=False, soft_wrap=True)
+            b.take_over_finalization(claim)
+            return None
+        if time.monotonic() >= deadline:
+            console.print(f"bundle is being finalized by {who}; left to it", highlight=False, soft_wrap=True)
+            return Outcome(status=on_disk.status, reason=f"being finalized by {who}", bundle=b)
+        time.sleep(0.5)
+
+
 def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: list[IterationRecord],
              monitors: list[dict[str, Any]], rank_failures: dict[int, dict[str, object]], launcher_rc: int | None,
              device_memory: dict[str, dict[str, float]] | None = None, argv: list[str], kit_env: dict[str, str],
              env: dict[str, str], started: str, duration: float, stacks: dict[str, str], console: Console, extra_provenance: dict[str, Any] | None = None,
              software: dict[str, Any] | None = None) -> Outcome:
-    on_disk = bundle_mod.read_manifest(b.path)
-    if on_disk.status in bundle_mod.FINAL_STATUSES:
-        # finalized meanwhile by another kit (`kit collect` after its grace): keep its version
-        out = Outcome(status=on_disk.status, reason=on_disk.reason, bundle=b)
-        console.print(f"bundle already finalized by another kit ({on_disk.status}); left as it is",
-                      highlight=False, soft_wrap=True)
-        _print_result(out, console)
-        return out
+    other = _claim_finalization(b, console)
+    if other is not None:
+        return other
     rank_peaks: dict[str, dict[str, float]] = {}
     for m in monitors:
         rank_peaks[m["node"]] = {r: s["peak_rss_mib"] for r, s in m["ranks"].items()}

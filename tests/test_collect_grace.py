@@ -14,6 +14,7 @@ import threading
 import time
 
 from kit.bundle import Bundle, read_manifest
+from conftest import load
 from kit.jobs import _await_job_kit
 
 
@@ -77,3 +78,94 @@ def test_a_late_job_kit_leaves_a_collected_bundle_as_it_is(tmp_path):
                           started="", duration=1.0, stacks={}, console=Console(file=io.StringIO()), software={})
     assert out.status == "failed"
     assert {p.name: p.read_bytes() for p in b.path.iterdir() if p.is_file()} == before
+
+
+# --- one finalizer: the kit that creates finalizer.json ------------------------------------
+
+def _finalize(tmp_path, b=None):
+    """runner.finalize as a kit ending its run calls it; returns (outcome, console text)."""
+    import io
+
+    from rich.console import Console
+
+    from kit import plan as plan_mod, runner, runtimes
+
+    plan = plan_mod.resolve(recipe_name="tiny", preset_names=["baseline"])
+    if b is None:
+        b = _running_bundle(tmp_path)
+    runner.write_inputs(b, plan)
+    buf = io.StringIO()
+    out = runner.finalize(plan, b, runtimes.get("host"), status="interrupted", reason="SIGTERM received by kit",
+                          records=[], monitors=[], rank_failures={}, launcher_rc=None, argv=[], kit_env={}, env={},
+                          started="", duration=1.0, stacks={}, console=Console(file=buf, width=200), software={})
+    return out, buf.getvalue()
+
+
+def _claim(b, **claim):
+    import json
+
+    (b.path / "finalizer.json").write_text(json.dumps({"command": "kit collect", "claimed": "2026-11-26T00:00:00+00:00",
+                                                       **claim}))
+
+
+def test_the_finalization_claim_is_exclusive(tmp_path):
+    b = _running_bundle(tmp_path)
+    assert b.claim_finalization() is None
+    again = Bundle.open(b.path).claim_finalization()
+    assert again is not None and again["pid"] == b.finalizer()["pid"]
+
+
+def test_a_kit_finalizing_the_bundle_is_waited_for_and_left_alone(tmp_path):
+    import datetime as dt
+
+    from kit import plan as plan_mod
+
+    plan = plan_mod.resolve(recipe_name="tiny", preset_names=["baseline"])
+
+    b = _running_bundle(tmp_path)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "kit", "collect"])
+    try:
+        _claim(b, host=socket.gethostname(), pid=other.pid,
+               claimed=dt.datetime.now(dt.timezone.utc).isoformat())
+        def the_other_kit_finishes():
+            b.write_json("metrics.json", {"summary": {"by": "the other kit"}, "iterations": []})
+            b.write_json("provenance.json", {"plan": plan.summary(), "runtime": {}, "software": {}, "host": {}})
+            b.finalize("failed", "slurm job 1 cancelled")
+
+        threading.Timer(1.0, the_other_kit_finishes).start()
+        out, text = _finalize(tmp_path, b)
+    finally:
+        other.kill()
+        other.wait()
+    assert out.status == "failed" and "already finalized by another kit" in text
+    assert load(b.path, "metrics.json")["summary"] == {"by": "the other kit"}  # nothing of this kit's written
+
+
+def test_a_claim_left_by_a_dead_kit_is_taken_over(tmp_path):
+    from kit.bundle import verify
+
+    b = _running_bundle(tmp_path)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _claim(b, host=socket.gethostname(), pid=dead.pid)
+    out, text = _finalize(tmp_path, b)
+    assert out.status == "interrupted" and "is gone: finalizing it here" in text
+    assert b.finalizer()["took_over_from"]["pid"] == dead.pid
+    assert verify(b.path).ok
+
+
+def test_a_fresh_claim_from_another_host_is_left_to_it(tmp_path, monkeypatch):
+    import datetime as dt
+
+    from kit import runner
+
+    monkeypatch.setattr(runner, "FINALIZE_WAIT_S", 1.0)
+    b = _running_bundle(tmp_path)
+    _claim(b, host="another-node", pid=1, claimed=dt.datetime.now(dt.timezone.utc).isoformat())
+    out, text = _finalize(tmp_path, b)
+    assert out.status == "running" and "being finalized by kit collect on another-node" in text
+    assert read_manifest(b.path).status == "running" and not (b.path / "metrics.json").exists()
+    # the same claim, older than any finalization takes: the kit that made it died
+    _claim(b, host="another-node", pid=1)
+    out, _ = _finalize(tmp_path, b)
+    assert out.status == "interrupted" and read_manifest(b.path).status == "interrupted"
