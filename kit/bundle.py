@@ -14,9 +14,7 @@ with status ``running`` and no checksums, and rewritten last with the final stat
 checksums: a bundle whose writer died half way is reported by :func:`verify` as
 incomplete, never silently taken for a finished one. Ids are unique even for runs started
 in the same second into one directory (exclusive ``mkdir`` with a random suffix). Only one
-kit finalizes a bundle: the one that creates ``finalizer.json`` (exclusive create, as safe on
-NFS and Lustre as ``mkdir``; ``flock`` is not), e.g. the kit inside a cancelled job or a
-``kit collect`` that gave up waiting for it.
+kit finalizes a bundle: the one that creates ``finalizer.json`` (:mod:`kit.claim`).
 """
 
 from __future__ import annotations
@@ -42,7 +40,6 @@ import kit
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-FINALIZER = "finalizer.json"
 Status = Literal["running", "ok", "failed", "stalled", "interrupted", "submitted"]
 FINAL_STATUSES = ("ok", "failed", "stalled", "interrupted")
 REQUIRED_FILES = ("metrics.json", "provenance.json", "recipe.yaml", "preset.yaml")
@@ -159,40 +156,6 @@ class Bundle:
     def open(cls, path: Path) -> "Bundle":
         """An existing bundle directory (``kit job-run``, ``kit collect``)."""
         return cls(path=Path(path), manifest=read_manifest(Path(path)))
-
-    def claim_finalization(self) -> dict[str, Any] | None:
-        """Become the one kit that finalizes this bundle: None if this process now is, else
-        the claim of the kit that is (``{}`` if unreadable)."""
-        import socket
-        import sys
-
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "command": " ".join(["kit", *sys.argv[1:2]]),
-              "claimed": now_iso()}
-        try:
-            fd = os.open(self.path / FINALIZER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return self.finalizer() or {}
-        with os.fdopen(fd, "w") as f:
-            f.write(dump_json(me))
-            f.flush()
-            os.fsync(f.fileno())
-        return None
-
-    def take_over_finalization(self, stale: dict[str, Any]) -> None:
-        """Replace the claim of a finalizer known to be gone (its record goes into the claim)."""
-        import socket
-        import sys
-
-        self.write_json(FINALIZER, {"host": socket.gethostname(), "pid": os.getpid(),
-                                    "command": " ".join(["kit", *sys.argv[1:2]]), "claimed": now_iso(),
-                                    "took_over_from": stale})
-
-    def finalizer(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads((self.path / FINALIZER).read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
 
     def write_json(self, name: str, data: Any) -> Path:
         p = self.path / name

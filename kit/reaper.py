@@ -17,8 +17,9 @@ sidecar just exits; otherwise it stops the run with ``stop`` and runs the clean-
 
 ``stop`` is also how the kit itself stops a run (interrupt, stall): SIGTERM to the
 launcher's group, so that the launcher stops its ranks in order; after the grace, SIGKILL to
-the group and to every rank process still alive. A pid is signalled only while its
-environment still carries the run's ``KIT_RUN_ID``, so a reused pid is never hit.
+the group and to every rank process still alive. A pid, or a group, is signalled only while
+it (a member of it) still carries the run's ``KIT_RUN_ID`` in its environment, so a reused
+pid or group id is never hit.
 
 The sidecar is in its own session, so the signals of the kit's terminal do not reach it; it
 lives exactly as long as the kit does (plus the grace when it has to stop the run).
@@ -54,16 +55,24 @@ def _ours(pid: int, run_id: str) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
+def _group_ours(pgid: int, run_id: str) -> bool:
+    """Some live member of process group ``pgid`` belongs to run ``run_id`` (so the group id
+    is still the launcher's, not reused after the launcher's group emptied)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid).encode() and _ours(int(entry), run_id):
+            return True
+    return False
 
 
 def _signal(pgid: int | None, pids: Iterable[int], sig: int) -> None:
-    if pgid is not None:
+    if pgid is not None:  # the caller checked the group is the run's
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
@@ -81,17 +90,19 @@ def stop(pgid: int | None, pids: Iterable[int], run_id: str, grace: float,
     gone, return; after ``grace`` seconds, SIGKILL what is left. ``poll`` reaps the
     launcher where the caller is its parent (a zombie still counts as a group member)."""
     pids = set(pids)
-    _signal(pgid, [], signal.SIGTERM)
+    group = pgid if pgid is not None and _group_ours(pgid, run_id) else None
+    _signal(group, [], signal.SIGTERM)
     deadline = time.monotonic() + grace
     while True:
         poll()
         left = [p for p in pids if _ours(p, run_id)]
-        if not left and (pgid is None or not _group_alive(pgid)):
+        group = group if group is not None and _group_ours(group, run_id) else None
+        if not left and group is None:
             return
         if time.monotonic() >= deadline:
             break
         time.sleep(0.1)
-    _signal(pgid, [p for p in pids if _ours(p, run_id)], signal.SIGKILL)
+    _signal(group, left, signal.SIGKILL)
 
 
 class Guard:

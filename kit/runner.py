@@ -36,7 +36,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import (allocator, bundle as bundle_mod, hostinfo, launchers, logparse, metrics, provenance, reaper,
+from kit import (allocator, bundle as bundle_mod, claim, hostinfo, launchers, logparse, metrics, provenance, reaper,
                  runtimes, table)
 from kit.bundle import Bundle
 from kit.errors import KitError
@@ -49,7 +49,6 @@ from kit.progress import ProgressView
 EXIT_CODES = {"ok": 0, "submitted": 0, "failed": 1, "stalled": 3, "interrupted": 130}
 TERM_GRACE_S = 5.0
 FINALIZE_WAIT_S = 30.0  # for another kit that is finalizing the same bundle (kit collect vs the job's kit)
-FINALIZE_STALE_S = 300.0  # a claim older than this, from another host, is from a kit that died
 
 
 @dataclass
@@ -101,6 +100,8 @@ class _Interrupt:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(s) is signal.SIG_IGN:
+                    continue  # e.g. SIGHUP under nohup: the run is meant to outlive the terminal
                 self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -366,28 +367,10 @@ def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-def _claim_gone(claim: dict[str, Any]) -> bool:
-    """The kit that claimed a bundle's finalization is known to be gone: its process no longer
-    exists on this host, or (elsewhere) it claimed longer ago than any finalization takes."""
-    import datetime as dt
-
-    import psutil
-
-    if claim.get("host") == socket.gethostname():
-        try:
-            return "kit" not in " ".join(psutil.Process(int(claim["pid"])).cmdline())
-        except (psutil.Error, KeyError, TypeError, ValueError):
-            return True
-    try:
-        age = dt.datetime.now(dt.timezone.utc) - dt.datetime.fromisoformat(claim["claimed"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return age.total_seconds() > FINALIZE_STALE_S
-
-
 def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
-    """None when this kit now finalizes ``b``. Otherwise another kit has (its outcome) or is
-    finalizing it: wait for it up to ``FINALIZE_WAIT_S``, take over from one that is gone."""
+    """None when this kit now finalizes ``b`` (``kit.claim``). Otherwise another kit has (its
+    outcome) or is finalizing it: wait for it up to ``FINALIZE_WAIT_S``; take over from one
+    that is gone."""
     deadline = time.monotonic() + FINALIZE_WAIT_S
     while True:
         on_disk = bundle_mod.read_manifest(b.path)
@@ -398,15 +381,17 @@ def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
                           highlight=False, soft_wrap=True)
             _print_result(out, console)
             return out
-        claim = b.claim_finalization()
-        if claim is None or (claim.get("host") == socket.gethostname() and claim.get("pid") == os.getpid()):
-            return None  # ours (now, or from an earlier call in this process)
-        who = f"{claim.get('command', 'a kit')} on {claim.get('host', '?')} (pid {claim.get('pid', '?')})"
-        if _claim_gone(claim):
-            console.print(f"{who} claimed the bundle's finalization and is gone: finalizing it here",
-                          highlight=False, soft_wrap=True)
-            b.take_over_finalization(claim)
+        if claim.claim(b.path) or claim.mine(b.path):
             return None
+        held = claim.read(b.path)
+        who = f"{held.get('command', 'a kit')} on {held.get('host', '?')} (pid {held.get('pid', '?')})"
+        if claim.holder_gone(b.path, held):
+            if bundle_mod.read_manifest(b.path).status in bundle_mod.FINAL_STATUSES:
+                continue  # it finished before it went: its version stands (next turn)
+            if claim.take_over(b.path, held):
+                console.print(f"{who} claimed the bundle's finalization and is gone: finalizing it here",
+                              highlight=False, soft_wrap=True)
+                return None
         if time.monotonic() >= deadline:
             console.print(f"bundle is being finalized by {who}; left to it", highlight=False, soft_wrap=True)
             return Outcome(status=on_disk.status, reason=f"being finalized by {who}", bundle=b)
@@ -466,6 +451,9 @@ def finalize(plan: Plan, b: Bundle, rt, *, status: str, reason: str, records: li
         **(extra_provenance or {}),
     })
     b.write_json("provenance.json", prov)
+    if not claim.mine(b.path):  # taken over meanwhile (this kit stalled past claim.STALE_S): its turn
+        console.print("the bundle's finalization was taken over by another kit; left to it", highlight=False)
+        return Outcome(status="running", reason="finalization taken over by another kit", bundle=b)
     b.finalize(status, reason)  # type: ignore[arg-type]
     out = Outcome(status=status, reason=reason, bundle=b, summary=summary)
     _print_result(out, console, table.bundle_row(b.manifest.model_dump(), metrics_doc, prov))

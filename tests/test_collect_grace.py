@@ -101,32 +101,41 @@ def _finalize(tmp_path, b=None):
     return out, buf.getvalue()
 
 
-def _claim(b, **claim):
+def _claim(b, *, age_s: float = 0.0, **fields):
+    """A claim as another kit writes it, ``age_s`` old by the file's mtime."""
     import json
+    import os
 
-    (b.path / "finalizer.json").write_text(json.dumps({"command": "kit collect", "claimed": "2026-11-26T00:00:00+00:00",
-                                                       **claim}))
+    p = b.path / "finalizer.json"
+    p.write_text(json.dumps({"command": "kit collect", "claimed": "(as written by that kit)", **fields}))
+    t = time.time() - age_s
+    os.utime(p, (t, t))
 
 
 def test_the_finalization_claim_is_exclusive(tmp_path):
+    import os
+
+    from kit import claim
+
     b = _running_bundle(tmp_path)
-    assert b.claim_finalization() is None
-    again = Bundle.open(b.path).claim_finalization()
-    assert again is not None and again["pid"] == b.finalizer()["pid"]
+    assert claim.claim(b.path) and claim.mine(b.path)
+    assert not claim.claim(b.path)  # held: by this process, as it happens
+    held = claim.read(b.path)
+    assert held["pid"] == os.getpid() and held["command"].startswith("kit")
+    assert oct(os.stat(b.path / "finalizer.json").st_mode & 0o777) == "0o600"
 
 
 def test_a_kit_finalizing_the_bundle_is_waited_for_and_left_alone(tmp_path):
-    import datetime as dt
+    import psutil
 
     from kit import plan as plan_mod
 
     plan = plan_mod.resolve(recipe_name="tiny", preset_names=["baseline"])
-
     b = _running_bundle(tmp_path)
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "kit", "collect"])
     try:
-        _claim(b, host=socket.gethostname(), pid=other.pid,
-               claimed=dt.datetime.now(dt.timezone.utc).isoformat())
+        _claim(b, host=socket.gethostname(), pid=other.pid, started=psutil.Process(other.pid).create_time())
+
         def the_other_kit_finishes():
             b.write_json("metrics.json", {"summary": {"by": "the other kit"}, "iterations": []})
             b.write_json("provenance.json", {"plan": plan.summary(), "runtime": {}, "software": {}, "host": {}})
@@ -142,30 +151,54 @@ def test_a_kit_finalizing_the_bundle_is_waited_for_and_left_alone(tmp_path):
 
 
 def test_a_claim_left_by_a_dead_kit_is_taken_over(tmp_path):
+    from kit import claim
     from kit.bundle import verify
 
     b = _running_bundle(tmp_path)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _claim(b, host=socket.gethostname(), pid=dead.pid)
+    _claim(b, host=socket.gethostname(), pid=dead.pid, started=1.0)
     out, text = _finalize(tmp_path, b)
     assert out.status == "interrupted" and "is gone: finalizing it here" in text
-    assert b.finalizer()["took_over_from"]["pid"] == dead.pid
+    assert claim.read(b.path)["took_over_from"]["pid"] == dead.pid
     assert verify(b.path).ok
+    assert not [p.name for p in b.path.iterdir() if p.name.endswith(".tmp")]  # no probe or stale claim left
 
 
-def test_a_fresh_claim_from_another_host_is_left_to_it(tmp_path, monkeypatch):
-    import datetime as dt
-
+def test_a_claim_from_another_host_is_left_to_it_until_stale(tmp_path, monkeypatch):
+    """Fresh: waited for, then left (nothing written). Older than claim.STALE_S by the file
+    server's clock (the claim file's mtime): taken over. An unreadable claim (a kit died
+    writing it) is judged the same way."""
     from kit import runner
 
     monkeypatch.setattr(runner, "FINALIZE_WAIT_S", 1.0)
     b = _running_bundle(tmp_path)
-    _claim(b, host="another-node", pid=1, claimed=dt.datetime.now(dt.timezone.utc).isoformat())
+    _claim(b, host="another-node", pid=1, started=1.0)
     out, text = _finalize(tmp_path, b)
     assert out.status == "running" and "being finalized by kit collect on another-node" in text
     assert read_manifest(b.path).status == "running" and not (b.path / "metrics.json").exists()
-    # the same claim, older than any finalization takes: the kit that made it died
-    _claim(b, host="another-node", pid=1)
+    _claim(b, host="another-node", pid=1, started=1.0, age_s=3600)
     out, _ = _finalize(tmp_path, b)
     assert out.status == "interrupted" and read_manifest(b.path).status == "interrupted"
+
+    b2 = _running_bundle(tmp_path / "second")
+    (b2.path / "finalizer.json").write_text("")
+    out, _ = _finalize(tmp_path, b2)
+    assert out.status == "running"
+    t = time.time() - 3600
+    import os
+
+    os.utime(b2.path / "finalizer.json", (t, t))
+    out, _ = _finalize(tmp_path, b2)
+    assert out.status == "interrupted"
+
+
+def test_of_two_kits_taking_over_one_wins(tmp_path):
+    from kit import claim
+
+    b = _running_bundle(tmp_path)
+    _claim(b, host="another-node", pid=1, started=1.0, age_s=3600)
+    stale = claim.read(b.path)
+    assert claim.take_over(b.path, stale)
+    assert not claim.take_over(b.path, stale)  # the second sees the first's claim, not the stale one
+    assert claim.read(b.path)["took_over_from"] == stale and claim.mine(b.path)

@@ -158,3 +158,20 @@ def _kill_run(run_id: str) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(victims, timeout=30)
+
+
+def test_an_ignored_sighup_stays_ignored():
+    """Under `nohup kit run ...` SIGHUP is ignored: the run is meant to outlive the terminal,
+    so the kit does not turn a hang-up into an interrupt; SIGINT/SIGTERM are still handled."""
+    from kit.runner import _Interrupt
+
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with _Interrupt():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        with _Interrupt():
+            assert signal.getsignal(signal.SIGHUP) not in (signal.SIG_IGN, signal.SIG_DFL)
+    finally:
+        signal.signal(signal.SIGHUP, old)

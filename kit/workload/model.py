@@ -184,7 +184,7 @@ def _target_nll(buf: torch.Tensor, targets: torch.Tensor, xc: torch.Tensor, wc: 
     torch.softmax(buf, dim=-1, out=buf)  # one row-wise pass (max, exp and sum, scale)
     nll = -torch.log(buf.gather(1, targets[:, None]).squeeze(1))
     lost = (nll > -math.log(_TINY)).nonzero().squeeze(1)
-    for rows in lost.split(_RECOMPUTE_ROWS):
+    for rows in (lost.split(_RECOMPUTE_ROWS) if lost.numel() else ()):
         logits = torch.mm(xc[rows], wc.t()).float()
         nll[rows] = torch.logsumexp(logits, dim=-1) - logits.gather(1, targets[rows, None]).squeeze(1)
     return nll
