@@ -23,22 +23,22 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from kit.bundle import dump_json, now_iso
+
 FINALIZER = "finalizer.json"
 STALE_S = 300.0  # finalizing takes seconds; a claim this old (file-server time) is from a dead kit
 _COMMANDS = {"run", "job-run", "collect", "reproduce", "sweep"}
 
 
 def _me() -> dict[str, Any]:
-    import psutil
-
     cmd = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in _COMMANDS else None  # nothing user-typed
     return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time(),
             "command": f"kit {cmd}" if cmd else "kit"}
 
 
 def _create(bundle: Path, data: dict[str, Any]) -> bool:
-    from kit.bundle import dump_json, now_iso
-
     try:
         fd = os.open(bundle / FINALIZER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -84,8 +84,6 @@ def age_s(bundle: Path) -> float | None:
 
 def holder_gone(bundle: Path, c: dict[str, Any]) -> bool:
     """The kit that made claim ``c`` is known to be gone (see the module's docstring)."""
-    import psutil
-
     if c.get("host") == socket.gethostname() and c.get("pid") and c.get("started"):
         try:
             return abs(psutil.Process(int(c["pid"])).create_time() - float(c["started"])) > 0.01

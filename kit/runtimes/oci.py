@@ -242,8 +242,8 @@ class OciRuntime(Runtime):
         }
 
     def cleanup_commands(self) -> list[list[str]]:
-        return [[self.engine, "rm", "-f", "--ignore", name] if self.engine == "podman" else [self.engine, "rm", "-f", name]
-                for name in self._containers]
+        flags = ["-f", "--ignore"] if self.engine == "podman" else ["-f"]
+        return [[self.engine, "rm", *flags, name] for name in self._containers]
 
     def close(self) -> None:
         super().close()
