@@ -12,7 +12,7 @@ ENGINE ?=
 BASE ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast venv system-run system-test image clean
+.PHONY: run test test-cold test-fast venv system-run system-test image clean
 
 system-run:
 	@bash scripts/system-packages.sh run
@@ -34,6 +34,11 @@ run: system-run venv
 
 test: system-test venv
 	bash scripts/test.sh $(PYTEST_ARGS)
+
+# The cold path: a fresh clone of HEAD with empty caches and a podman store of its own (no
+# kit images), as a fresh machine runs `make test`. Run before changing .ci/ scripts/ Makefile containers/.
+test-cold: system-test
+	bash scripts/test-cold.sh $(PYTEST_ARGS)
 
 # Unit tests only: no training runs, no services.
 test-fast: venv

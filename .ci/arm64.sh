@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 KIT_CI_SOURCE_ONLY=1 source .ci/image.sh   # tools, containers.conf, base_image(), log()
 
 # 1. qemu-aarch64 via binfmt_misc
+ci_step "register qemu-aarch64 with binfmt_misc"
 if ! command -v update-binfmts >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static binfmt-support >/dev/null
 fi
@@ -28,6 +29,7 @@ grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 || { echo "qemu-aarch64 bi
 base_image arm64
 
 # 3. the a64fx image
+ci_step "build localhost/kit:a64fx-tcmalloc under emulation (log: $CACHE/logs/build-a64fx.log)"
 log "building localhost/kit:a64fx-tcmalloc (emulated)"
 "$PY" -m kit image build --target a64fx --tcmalloc --engine podman \
   --base localhost/kit-base:bookworm-arm64 --pip-cache "$CACHE/pip" --staged --wheel-cache "$CACHE/wheels" \

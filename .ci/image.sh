@@ -8,7 +8,9 @@
 #        KIT_WHEELHOUSE (default /opt/wheels)   holds torch-2.13.0+cpu-...x86_64.whl
 #   after it: export CONTAINERS_CONF=$KIT_CI_CACHE/containers.conf (this script prints it)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=.ci/common.sh
+source .ci/common.sh
 CACHE=${KIT_CI_CACHE:-/var/cache/kit-ci}
 ARCH=${KIT_CI_ARCH:-amd64}
 mkdir -p "$CACHE/base" "$CACHE/pip" "$CACHE/logs"
@@ -18,6 +20,7 @@ t0=$(date +%s)
 log() { echo "[image.sh $(( $(date +%s) - t0 ))s] $*"; }
 
 # 1. tools
+ci_step "install podman and image tools"
 need=()
 for c in podman:podman buildah:buildah runc:runc debootstrap:debootstrap newuidmap:uidmap fuse-overlayfs:fuse-overlayfs; do
   command -v "${c%%:*}" >/dev/null || need+=("${c##*:}")
@@ -29,6 +32,7 @@ fi
 
 # 2. podman settings for this sandbox only (rlimits it may not raise, cgroups v1 hybrid).
 #    A CI-only file: the kit's own defaults are left alone.
+ci_step "write containers.conf"
 CONF="$CACHE/containers.conf"
 cat > "$CONF.tmp" <<'CONFEOF'
 # kit CI only: podman settings that work in the CI sandbox (see shared/reference/ci-machine.md)
@@ -45,12 +49,11 @@ export CONTAINERS_CONF="$CONF"
 # 3. the local base image: debootstrap once (cached tarball), import when missing
 base_image() {  # $1: amd64|arm64
   local arch=$1 ref=localhost/kit-base:bookworm-$1 tar="$CACHE/base/bookworm-$1.tar"
+  ci_step "base image $ref"
   if podman image exists "$ref"; then log "base $ref present"; return; fi
   if [ ! -s "$tar" ]; then
     local mirror
-    mirror=$(grep -hoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null \
-             | awk '{print $2}' | head -n1)
-    mirror=${mirror:-http://deb.debian.org/debian}
+    mirror=$(debian_mirror)
     local root="$CACHE/rootfs-$arch"
     rm -rf "$root"
     log "debootstrap --arch=$arch bookworm from $mirror"
@@ -67,6 +70,7 @@ base_image() {  # $1: amd64|arm64
 if [ "${KIT_CI_SOURCE_ONLY:-0}" = 1 ]; then return 0 2>/dev/null || exit 0; fi
 
 base_image amd64
+ci_step "build localhost/kit:x86_64-tcmalloc (log: $CACHE/logs/build-x86_64.log)"
 WH=${KIT_WHEELHOUSE:-/opt/wheels}
 log "building localhost/kit:x86_64-tcmalloc"
 "$PY" -m kit image build --target x86_64 --tcmalloc --engine podman \

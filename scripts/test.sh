@@ -4,6 +4,8 @@
 # Called by `make test` (and so by CI); extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=.ci/common.sh
+source .ci/common.sh
 PY=${VENV:-.venv}/bin/python
 export PATH="$(dirname "$PY"):$PATH"
 cleanup=()
@@ -12,6 +14,7 @@ trap 'for c in "${cleanup[@]}"; do eval "$c" || true; done' EXIT
 if [ -f .ci/slurm.sh ] && command -v slurmctld >/dev/null; then
   # shellcheck source=/dev/null
   source .ci/slurm.sh
+  ci_step "start the one-node Slurm cluster"
   slurm_start
   cleanup+=("slurm_stop")
 fi
@@ -21,12 +24,15 @@ fi
 export PYTHON="$PY" KIT_CI_CACHE=${KIT_CI_CACHE:-/var/cache/kit-ci}
 if [ "${KIT_TEST_IMAGES:-1}" = 1 ] && command -v podman >/dev/null; then
   t0=$(date +%s)
+  ci_step "images: .ci/image.sh (x86_64)"
   bash .ci/image.sh
+  ci_step "images: .ci/arm64.sh (a64fx under qemu)"
   if [ -e /usr/bin/qemu-aarch64-static ]; then bash .ci/arm64.sh; fi
   echo "test.sh: images ready in $(( $(date +%s) - t0 ))s"
   export CONTAINERS_CONF="$KIT_CI_CACHE/containers.conf"
 fi
 
+ci_step "pytest"
 set +e
 "$PY" -m pytest -ra "$@"
 rc=$?

@@ -188,7 +188,7 @@ def sweep_cmd(sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", h
 
 def reproduce_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory to re-run")],
                   output: Annotated[Path, typer.Option("--out", help="results directory for the new bundle")] = Path("results"),
-                  tolerance: Annotated[float, typer.Option(help="relative tolerance for sec/it and TFLOPs")] = 0.25,
+                  tolerance: Annotated[float, typer.Option(help="sec/it and TFLOPs may differ by a factor of 1+T either way; inf: not judged")] = 0.25,
                   mem_tolerance: Annotated[float, typer.Option(help="relative tolerance for peak memory")] = 0.25,
                   loss_tolerance: Annotated[float, typer.Option(help="absolute tolerance for the final loss")] = 1e-3,
                   launcher: Annotated[Optional[str], typer.Option(help="run with another launcher than recorded")] = None,

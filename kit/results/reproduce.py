@@ -11,9 +11,11 @@
    do not change the experiment but may move the numbers (CPU model, core count, torch, kit
    commit, threads per rank) are printed as notes. ``--force`` runs anyway (and still exits 4).
 4. The run writes a new bundle (with ``reproduce.json`` naming the original) and its metrics
-   are compared with the original's, each within a printed tolerance: relative for timing
-   (sec/it, TFLOPs; default 25%: shared machines are noisy) and memory (default 25%),
-   absolute for the final loss (default 1e-3: same seed, same data, same code).
+   are compared with the original's, each within a printed tolerance: for timing (sec/it,
+   TFLOPs; default 25%: shared machines are noisy) the symmetric ratio max(new/old, old/new)
+   - 1, so the two always agree (sec/it -72% is TFLOPs +258%: both are a factor of 3.6);
+   ``inf`` leaves timing unjudged (a loaded machine cannot fail it); memory relative
+   (default 25%); the final loss absolute (default 1e-3: same seed, same data, same code).
 
 Exit codes: 0 reproduced within tolerance; 1 the bundle does not verify, or a metric
 differs beyond its tolerance; 2 bad input; 3 the new run failed or stalled; 4 the
@@ -22,6 +24,7 @@ environment could not be matched.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,8 +46,9 @@ class Tolerance:
     loss: float = 1e-3  # absolute, final_loss
 
     def describe(self) -> str:
-        return (f"timing (sec/it, TFLOPs) within {self.timing:.0%}, peak memory within {self.memory:.0%}, "
-                f"final loss within {self.loss:g} (absolute)")
+        timing = ("timing (sec/it, TFLOPs) not judged" if math.isinf(self.timing)
+                  else f"timing (sec/it, TFLOPs) within a factor of {1 + self.timing:.3g} either way")
+        return f"{timing}, peak memory within {self.memory:.0%}, final loss within {self.loss:g} (absolute)"
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Check:
             return "-" if x is None else f"{x:.5g}"
         rel = "" if self.old in (None, 0) or self.new is None else f"{(self.new - self.old) / abs(self.old):+.1%}"
         verdict = {True: "ok", False: "DIFFERS", None: "not compared"}[self.ok]
+        if self.tolerance == "not judged" and self.ok:
+            verdict = "not judged"
         return f"  {self.name:<14} {n(self.old):>12} {n(self.new):>12} {rel:>8}  {self.tolerance:<12} {verdict}"
 
 
@@ -71,10 +77,13 @@ def compare_metrics(old: dict[str, Any], new: dict[str, Any], tol: Tolerance) ->
         if kind == "loss":
             t = f"±{tol.loss:g}"
             ok = None if a is None or b is None else abs(b - a) <= tol.loss
+        elif kind == "timing":
+            # symmetric: a factor either way, so sec/it and TFLOPs (its inverse) always agree
+            t = "not judged" if math.isinf(tol.timing) else f"x{1 + tol.timing:.3g}"
+            ok = None if not a or not b or a * b < 0 else max(b / a, a / b) - 1 <= tol.timing
         else:
-            r = tol.timing if kind == "timing" else tol.memory
-            t = f"±{r:.0%}"
-            ok = None if a in (None, 0) or b is None else abs(b - a) / abs(a) <= r
+            t = f"±{tol.memory:.0%}"
+            ok = None if a in (None, 0) or b is None else abs(b - a) / abs(a) <= tol.memory
         checks.append(Check(name, a, b, t, ok))
     return checks
 
@@ -181,7 +190,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
     outcome = runner.run(plan, out, console, extra_files={REPRODUCE_FILE: {
         "original": docs.id, "original_path": str(bundle.resolve()),
         "original_manifest_sha256": bundle_mod.sha256_file(bundle / bundle_mod.MANIFEST)[0],
-        "tolerance": {"timing": tol.timing, "memory": tol.memory, "loss": tol.loss}}})
+        "tolerance": {"timing": None if math.isinf(tol.timing) else tol.timing, "memory": tol.memory, "loss": tol.loss}}})
     res.new_bundle = outcome.bundle.path
     res.status = outcome.status
     if outcome.status == "submitted":
