@@ -39,14 +39,17 @@ from rich.console import Console
 
 from kit import bundle as bundle_mod, hostinfo, launchers, runtimes
 from kit.bundle import FINAL_STATUSES, Bundle
-from kit.errors import KitError
+from kit.errors import EXIT_NOT_READY, KitError
+from kit.execute import execute
+from kit.finalize import RunRecord, finalize
 from kit.launchers import JobState, Launcher
+from kit.logparse import device_memory_peaks, parse_lines
+from kit.outcome import Outcome, print_result
 from kit.plan import Plan, load as load_plan
 
 JOB_SCRIPT = "job/job.sh"
 JOB_JSON = "job/job.json"
 MONITOR_DIR = "monitor"
-EXIT_NOT_ENDED = 4  # kit collect: the job has not ended yet
 POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
 #: how long `kit collect` lets the kit inside an ended job finish finalizing the bundle itself
 COLLECT_GRACE_S = float(os.environ.get("KIT_COLLECT_GRACE_S", "60"))
@@ -57,8 +60,6 @@ SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats)
 # -- submission -----------------------------------------------------------------------------
 def submit(plan: Plan, b: Bundle, launcher: Launcher, console: Console):
     """Write the job script into the bundle, submit it, record the job id; wait if asked."""
-    from kit.runner import Outcome
-
     path = b.path.resolve()
     script_text = launcher.render(plan, path)
     script = b.write_text(JOB_SCRIPT, script_text)
@@ -115,7 +116,6 @@ def job_id_from_env(environ: dict[str, str] | None = None) -> str | None:
 
 def run_inside_job(bundle_dir: Path, console: Console) -> int:
     """``kit job-run``: start, watch and finalize the bundle's plan on the job's nodes."""
-    from kit import runner
     from kit.launchers.mpirun import allocation_nodes
 
     bundle_dir = Path(bundle_dir).resolve()
@@ -151,7 +151,7 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
             _stop(step)
         return read_node_monitors(bundle_dir, exclude={head})
 
-    outcome = runner.execute(plan, b, console, launcher_name=inner, extra_provenance={"job": info},
+    outcome = execute(plan, b, console, launcher_name=inner, extra_provenance={"job": info},
                              remote_monitors=remote_monitors)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -314,8 +314,6 @@ def status(bundle_dir: Path, console: Console) -> int:
 
 def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None):
     """``kit collect``: finalize the bundle of an ended job (returns an Outcome, or an exit code)."""
-    from kit.runner import Outcome, _print_result
-
     bundle_dir = Path(bundle_dir)
     b = Bundle.open(bundle_dir)
     job = _job(bundle_dir)
@@ -329,14 +327,14 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
                 b.finalize("interrupted", f"{b.manifest.reason}; job manager: {job['launcher']} job "
                                           f"{job['job_id']} {st.state}" + (f" ({st.reason})" if st.reason else ""))
         out = Outcome(status=b.manifest.status, reason=b.manifest.reason, bundle=b)
-        _print_result(out, console)
+        print_result(out, console)
         return out
     launcher = launchers.get(job["launcher"])
     st = state or launcher.poll(job["job_id"])
     if not st.ended:
         console.print(f"{job['launcher']} job {job['job_id']} has not ended ({st.state}); collect it when it has, "
                       f"or use `kit run --wait` next time", highlight=False, soft_wrap=True)
-        return EXIT_NOT_ENDED
+        return EXIT_NOT_READY
     # the job manager may call the job ended (cancelled, out of time) while the kit inside it
     # is still stopping the ranks and finalizing: let it, rather than finalize twice
     _await_job_kit(bundle_dir, job)
@@ -381,9 +379,6 @@ def _stats(bundle_dir: Path, launcher: str) -> dict[str, str]:
 
 def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: JobState, console: Console):
     """The job ended before ``kit job-run`` finalized the bundle: finalize it from what is left."""
-    from kit import runner
-    from kit.logparse import device_memory_peaks, parse_lines
-
     plan = load_plan(b.path / "plan.json")
     stats = _stats(b.path, launcher.name)
     state = st.state
@@ -419,12 +414,11 @@ def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: Jo
             "collected_by": "kit collect", "collected_on": socket.gethostname(),
             "note": "host/software in this provenance describe the machine that collected the bundle, "
                     "not the job's nodes (the job died before the kit could record them)"}
-    return runner.finalize(plan, b, rt, status=status, reason=reason, records=records, monitors=monitors,
-                           rank_failures=inner.failures(log_text),
-                           device_memory=device_memory_peaks(log_text.splitlines()), launcher_rc=None,
-                           argv=argv_line.split() if argv_line else [], kit_env=kit_env,
-                           env={**kit_env}, started=started, duration=_elapsed_since(started),
-                           stacks={}, console=console, extra_provenance={"job": info})
+    return finalize(RunRecord(
+        plan=plan, bundle=b, runtime=rt, status=status, reason=reason, records=records, monitors=monitors,
+        rank_failures=inner.failures(log_text), device_memory=device_memory_peaks(log_text.splitlines()),
+        launcher_rc=None, argv=argv_line.split() if argv_line else [], kit_env=kit_env, env={**kit_env},
+        started=started, duration=_elapsed_since(started), extra_provenance={"job": info}), console)
 
 
 def _elapsed_since(iso: str | None) -> float:

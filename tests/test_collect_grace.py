@@ -63,7 +63,7 @@ def test_a_late_job_kit_leaves_a_collected_bundle_as_it_is(tmp_path):
 
     from rich.console import Console
 
-    from kit import plan as plan_mod, runner, runtimes
+    from kit import finalize, plan as plan_mod, runner, runtimes
 
     plan = plan_mod.resolve(recipe_name="tiny", preset_names=["baseline"])
     b = _running_bundle(tmp_path)
@@ -73,9 +73,10 @@ def test_a_late_job_kit_leaves_a_collected_bundle_as_it_is(tmp_path):
                                      "job": {"collected_by": "kit collect"}})
     b.finalize("failed", "slurm job 1 cancelled before the kit finalized the bundle")
     before = {p.name: p.read_bytes() for p in b.path.iterdir() if p.is_file()}
-    out = runner.finalize(plan, b, runtimes.get("host"), status="interrupted", reason="SIGTERM received by kit",
-                          records=[], monitors=[], rank_failures={}, launcher_rc=None, argv=[], kit_env={}, env={},
-                          started="", duration=1.0, stacks={}, console=Console(file=io.StringIO()), software={})
+    out = finalize.finalize(finalize.RunRecord(
+        plan=plan, bundle=b, runtime=runtimes.get("host"), status="interrupted", reason="SIGTERM received by kit",
+        records=[], monitors=[], rank_failures={}, launcher_rc=None, argv=[], kit_env={}, env={}, started="",
+        duration=1.0, software={}), Console(file=io.StringIO()))
     assert out.status == "failed"
     assert {p.name: p.read_bytes() for p in b.path.iterdir() if p.is_file()} == before
 
@@ -83,21 +84,22 @@ def test_a_late_job_kit_leaves_a_collected_bundle_as_it_is(tmp_path):
 # --- one finalizer: the kit that creates finalizer.json ------------------------------------
 
 def _finalize(tmp_path, b=None):
-    """runner.finalize as a kit ending its run calls it; returns (outcome, console text)."""
+    """finalize.finalize as a kit ending its run calls it; returns (outcome, console text)."""
     import io
 
     from rich.console import Console
 
-    from kit import plan as plan_mod, runner, runtimes
+    from kit import finalize, plan as plan_mod, runner, runtimes
 
     plan = plan_mod.resolve(recipe_name="tiny", preset_names=["baseline"])
     if b is None:
         b = _running_bundle(tmp_path)
     runner.write_inputs(b, plan)
     buf = io.StringIO()
-    out = runner.finalize(plan, b, runtimes.get("host"), status="interrupted", reason="SIGTERM received by kit",
-                          records=[], monitors=[], rank_failures={}, launcher_rc=None, argv=[], kit_env={}, env={},
-                          started="", duration=1.0, stacks={}, console=Console(file=buf, width=200), software={})
+    out = finalize.finalize(finalize.RunRecord(
+        plan=plan, bundle=b, runtime=runtimes.get("host"), status="interrupted", reason="SIGTERM received by kit",
+        records=[], monitors=[], rank_failures={}, launcher_rc=None, argv=[], kit_env={}, env={}, started="",
+        duration=1.0, software={}), Console(file=buf, width=200))
     return out, buf.getvalue()
 
 
@@ -169,9 +171,9 @@ def test_a_claim_from_another_host_is_left_to_it_until_stale(tmp_path, monkeypat
     """Fresh: waited for, then left (nothing written). Older than claim.STALE_S by the file
     server's clock (the claim file's mtime): taken over. An unreadable claim (a kit died
     writing it) is judged the same way."""
-    from kit import runner
+    from kit import finalize
 
-    monkeypatch.setattr(runner, "FINALIZE_WAIT_S", 1.0)
+    monkeypatch.setattr(finalize, "FINALIZE_WAIT_S", 1.0)
     b = _running_bundle(tmp_path)
     _claim(b, host="another-node", pid=1, started=1.0)
     out, text = _finalize(tmp_path, b)

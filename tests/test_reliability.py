@@ -163,7 +163,7 @@ def _kill_run(run_id: str) -> None:
 def test_an_ignored_sighup_stays_ignored():
     """Under `nohup kit run ...` SIGHUP is ignored: the run is meant to outlive the terminal,
     so the kit does not turn a hang-up into an interrupt; SIGINT/SIGTERM are still handled."""
-    from kit.runner import _Interrupt
+    from kit.execute import _Interrupt
 
     old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

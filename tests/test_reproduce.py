@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from kit.results import reproduce, store
+from kit import reproduce
+from kit.results import store
 from conftest import REPO, kit_cli
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from kit import bundle as bundle_mod
 from kit.errors import KitError
-from kit.results import store, sweep
+from kit import sweep
+from kit.results import store
 from conftest import REPO, kit_cli
 
 TABLE_SWEEP = REPO / "sweeps" / "table-single-node.yaml"

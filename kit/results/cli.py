@@ -17,7 +17,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from kit.results import EXIT_OK, EXIT_PROBLEMS, VerificationFailed
+from kit.errors import EXIT_FAILED, EXIT_OK
+from kit.results import VerificationFailed
 
 bundle_app = typer.Typer(help="Result bundles: pack to one .tar.gz, verify, import safely, show.",
                          no_args_is_help=True)
@@ -29,7 +30,7 @@ def _problems(e: VerificationFailed) -> None:
     err.print(f"kit: {e.what}", highlight=False, markup=False)
     for p in e.problems:
         print(p, file=sys.stderr)
-    raise typer.Exit(EXIT_PROBLEMS)
+    raise typer.Exit(EXIT_FAILED)
 
 
 def _limits(max_archive_mib: float | None, max_member_mib: float | None, max_total_mib: float | None):
@@ -90,7 +91,7 @@ def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
                 for line in v.problems:
                     print(line, file=sys.stderr)
                 err.print(f"FAILED: {v.path}: {len(v.problems)} problem(s)", highlight=False, markup=False)
-    raise typer.Exit(EXIT_PROBLEMS if bad else EXIT_OK)
+    raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
 @bundle_app.command("import")
@@ -118,7 +119,7 @@ def show_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
         print(json.dumps(s, indent=2, default=str))
     else:
         out.print(show.render(s), highlight=False, markup=False)
-    raise typer.Exit(EXIT_OK if s["verified"] else EXIT_PROBLEMS)
+    raise typer.Exit(EXIT_OK if s["verified"] else EXIT_FAILED)
 
 
 def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories or results directories")],
@@ -143,7 +144,7 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
 
         for p in plots.plot(rep, plot):
             err.print(f"plot: {p}", highlight=False, markup=False)
-    raise typer.Exit(EXIT_PROBLEMS if rep.skipped else EXIT_OK)
+    raise typer.Exit(EXIT_FAILED if rep.skipped else EXIT_OK)
 
 
 def compare_cmd(a: Annotated[Path, typer.Argument(help="bundle A")], b: Annotated[Path, typer.Argument(help="bundle B")],
@@ -165,7 +166,8 @@ def sweep_cmd(sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", h
               dry_run: Annotated[bool, typer.Option("--dry-run", help="list the points and what is done, run nothing")] = False):
     """Run (or submit) every point of a grid, skipping points with a finished bundle; end with the report."""
     from kit.bundle import atomic_write
-    from kit.results import report, sweep
+    from kit import sweep
+    from kit.results import report
 
     res = sweep.run_sweep(sweep_file, out=output, launcher=launcher, console=out, dry_run=dry_run)
     if dry_run:
@@ -194,7 +196,7 @@ def reproduce_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory 
                   launcher: Annotated[Optional[str], typer.Option(help="run with another launcher than recorded")] = None,
                   force: Annotated[bool, typer.Option(help="run even when the environment does not match (still exit 4)")] = False):
     """Re-run what a bundle describes and compare the new metrics with the old within a printed tolerance."""
-    from kit.results import reproduce
+    from kit import reproduce
 
     try:
         r = reproduce.reproduce(bundle, out=output, tol=reproduce.Tolerance(tolerance, mem_tolerance, loss_tolerance),

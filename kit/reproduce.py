@@ -33,8 +33,8 @@ from rich.console import Console
 
 from kit import bundle as bundle_mod
 from kit.errors import KitError
-from kit.results import (EXIT_ENV_MISMATCH, EXIT_OK, EXIT_PROBLEMS, EXIT_RUN_FAILED, VerificationFailed,
-                         store)
+from kit.errors import EXIT_FAILED, EXIT_NOT_READY, EXIT_OK, EXIT_STALLED
+from kit.results import VerificationFailed, store
 
 REPRODUCE_FILE = "reproduce.json"
 
@@ -182,7 +182,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
     for m in pf.mismatches:
         console.print(f"environment mismatch: {m}", highlight=False, markup=False)
     if pf.mismatches and not force:
-        res.exit_code = EXIT_ENV_MISMATCH
+        res.exit_code = EXIT_NOT_READY
         res.message = "not run: the environment could not be matched (--force runs anyway)"
         console.print(res.message, highlight=False, markup=False)
         return res
@@ -197,7 +197,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
         res.message = "submitted: compare when the job has finished with `kit compare`"
         return res
     if outcome.status != "ok":
-        res.exit_code = EXIT_RUN_FAILED
+        res.exit_code = EXIT_STALLED
         res.message = f"the new run {outcome.status}: {outcome.reason}"
         console.print(res.message, highlight=False, markup=False)
         return res
@@ -212,10 +212,10 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
         console.print(c.line(), highlight=False, markup=False)
     differs = [c.name for c in res.checks if c.ok is False]
     if pf.mismatches:
-        res.exit_code = EXIT_ENV_MISMATCH
+        res.exit_code = EXIT_NOT_READY
         res.message = "the environment could not be matched: " + "; ".join(pf.mismatches)
     elif differs:
-        res.exit_code = EXIT_PROBLEMS
+        res.exit_code = EXIT_FAILED
         res.message = f"not reproduced: {', '.join(differs)} beyond tolerance"
     else:
         res.message = "reproduced within tolerance"

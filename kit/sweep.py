@@ -53,7 +53,8 @@ from rich.console import Console
 from kit import bundle as bundle_mod
 from kit.configfile import load_model
 from kit.errors import KitError
-from kit.results import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, report as report_mod, store
+from kit.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from kit.results import report as report_mod, store
 
 SWEEP_FILE = "sweep.json"
 
@@ -265,7 +266,7 @@ class SweepResult:
         if self.interrupted:
             return EXIT_INTERRUPTED
         bad = [r for r in self.rows if r["state"] in ("failed", "stalled", "invalid", "interrupted")]
-        return EXIT_PROBLEMS if bad else EXIT_OK
+        return EXIT_FAILED if bad else EXIT_OK
 
     def bundles(self) -> list[Path]:
         return [Path(r["bundle"]) for r in self.rows if r.get("bundle") and r["state"] not in ("submitted", "running elsewhere")]
