@@ -9,6 +9,13 @@
       finalizer.json    which kit finalized the bundle (host, pid, command, time)
       logs/             every rank's output, the launcher's, job script, scheduler output
 
+**The one door in.** Every file enters a bundle through ``Bundle``'s writer: documents and
+texts through ``write_json``/``write_yaml``/``write_text``, the launcher's log through
+``log_writer``, all passed through :mod:`kit.redact` on the way; files the launcher writes
+itself (torchrun's and MPI's per-rank logs, the scheduler's output) are redacted in place at
+``finalize``, which also gives every file and directory one mode (the umask's) and then
+checksums them. Reading goes through the one door out, :mod:`kit.bundle_reader`.
+
 Every file is written atomically (temporary file + rename). The manifest is written first
 with status ``running`` and no checksums, and rewritten last with the final status and the
 checksums: a bundle whose writer died half way is reported by :func:`verify` as
@@ -20,12 +27,11 @@ kit finalizes a bundle: the one that creates ``finalizer.json`` (:mod:`kit.claim
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import hashlib
 import json
 import os
 import re
 import secrets
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +43,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import kit
+from kit import bundle_reader as reader, redact
+from kit.digest import sha256_chunks, sha256_file
+from kit.bundle_reader import BundleReadError
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -44,6 +53,19 @@ Status = Literal["running", "ok", "failed", "stalled", "interrupted", "submitted
 FINAL_STATUSES = ("ok", "failed", "stalled", "interrupted")
 REQUIRED_FILES = ("metrics.json", "provenance.json", "recipe.yaml", "preset.yaml")
 _ID_SAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: one mode for every file and directory of a bundle: what the user's umask gives
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+#: directories a bundle has even when empty
+KEPT_DIRS = ("logs",)
 
 
 class FileEntry(BaseModel):
@@ -76,6 +98,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make documents unlike the logs beside them
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -97,17 +120,6 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
-    """Streaming sha256 and size: memory stays flat whatever the file size."""
-    h = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-            size += len(block)
-    return h.hexdigest(), size
 
 
 def new_id(recipe: str, preset: str, when: dt.datetime | None = None) -> str:
@@ -158,19 +170,29 @@ class Bundle:
         return cls(path=Path(path), manifest=read_manifest(Path(path)))
 
     def write_json(self, name: str, data: Any) -> Path:
+        """A JSON document, secrets redacted."""
         p = self.path / name
-        atomic_write(p, dump_json(data))
+        atomic_write(p, dump_json(redact.scrub(data)))
         return p
 
     def write_yaml(self, name: str, data: Any) -> Path:
+        """A YAML document, secrets redacted."""
         p = self.path / name
-        atomic_write(p, yaml.safe_dump(data, sort_keys=False))
+        atomic_write(p, yaml.safe_dump(redact.scrub(data), sort_keys=False))
         return p
 
     def write_text(self, name: str, text: str) -> Path:
+        """A text (a job script, a log), secret values masked."""
         p = self.path / name
-        atomic_write(p, text)
+        atomic_write(p, redact.scrub_text(text))
         return p
+
+    def log_writer(self, name: str) -> "LogWriter":
+        """A log the kit writes as it goes (``logs/launcher.log``), line-buffered, each line
+        redacted before it reaches the disk."""
+        p = self.path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return LogWriter(p)
 
     def set_status(self, status: Status, reason: str = "") -> None:
         self.manifest.status = status
@@ -178,10 +200,12 @@ class Bundle:
         self._write_manifest()
 
     def finalize(self, status: Status, reason: str = "") -> None:
-        """Checksum every file and write the final manifest (the last write of a run)."""
+        """Redact what the launcher wrote itself, give every file one mode, checksum every
+        file and write the final manifest (the last write of a run)."""
         self.manifest.status = status
-        self.manifest.reason = reason
+        self.manifest.reason = redact.redact_value(reason)
         self.manifest.finished = now_iso()
+        seal_tree(self.path)
         self.manifest.files = {rel: FileEntry(sha256=d, size=s) for rel, (d, s) in checksum_tree(self.path).items()}
         self._write_manifest()
 
@@ -189,23 +213,91 @@ class Bundle:
         atomic_write(self.path / MANIFEST, dump_json(self.manifest.model_dump()))
 
 
+class LogWriter:
+    """A text file written line by line through the redactor (see ``Bundle.log_writer``)."""
+
+    def __init__(self, path: Path):
+        self._f = path.open("w", buffering=1, encoding="utf-8", errors="replace")
+        os.chmod(path, FILE_MODE)
+
+    def write(self, text: str) -> int:
+        return self._f.write(redact.scrub_text(text))
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _redact_file(path: Path) -> None:
+    """Mask secret values in a file the kit did not write itself, streaming, in place
+    (rewritten only where a line changed)."""
+    try:
+        with path.open("rb") as f:
+            changed = any(redact.redact_value(line.decode("utf-8", "surrogateescape")) !=
+                          line.decode("utf-8", "surrogateescape") for line in f)
+        if not changed:
+            return
+        with path.open("rb") as src, atomic_file(path) as dst:
+            for line in src:
+                dst.write(redact.redact_value(line.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape"))
+    except OSError:
+        pass
+
+
+def seal_tree(root: Path) -> None:
+    """Before the checksums: redact the logs the launcher wrote itself, remove empty
+    directories (but ``logs``), and give every file and directory the bundle's one mode."""
+    for rel, st in sorted(reader.entries(root), key=lambda e: e[0].count("/"), reverse=True):
+        p = root / rel
+        if stat.S_ISDIR(st.st_mode):
+            try:
+                if rel not in KEPT_DIRS and not any(os.scandir(p)):
+                    p.rmdir()
+                    continue
+                os.chmod(p, DIR_MODE)
+            except OSError:
+                pass
+        elif stat.S_ISREG(st.st_mode) and not _is_temp(p.name):
+            if rel.startswith("logs/") and rel != "logs/launcher.log":
+                _redact_file(p)
+            try:
+                os.chmod(p, FILE_MODE)
+            except OSError:
+                pass
+
+
 def checksum_tree(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and size of every regular file of the bundle but the manifest (links and
+    special files are never followed or read)."""
     out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and not p.is_symlink():
-            rel = p.relative_to(root).as_posix()
-            if rel == MANIFEST or p.name.endswith(".tmp") and p.name.startswith("."):
-                continue
-            out[rel] = sha256_file(p)
+    for rel, st in sorted(reader.entries(root)):
+        if stat.S_ISREG(st.st_mode) and rel != MANIFEST and not _is_temp(Path(rel).name):
+            out[rel] = sha256_file(root / rel)
     return out
 
 
 def read_manifest(path: Path) -> Manifest:
-    return Manifest.model_validate_json((path / MANIFEST).read_text())
+    """The bundle's manifest, read through the reader's door and validated."""
+    data = reader.read_bytes(path, MANIFEST, reader.MAX_MANIFEST_BYTES)
+    reader.parse_json(data, path / MANIFEST)  # depth, NaN: refused before pydantic sees it
+    return Manifest.model_validate_json(data)
 
 
 def load_json(path: Path, name: str) -> dict[str, Any]:
-    return json.loads((path / name).read_text())
+    """A JSON document of the bundle, through the reader's door, validated."""
+    return reader.read_document(path, name)
 
 
 # -- verification ---------------------------------------------------------------------------
@@ -221,19 +313,21 @@ class Verdict:
 
 
 def verify(path: Path) -> Verdict:
-    """Check a bundle directory: manifest schema, final status, every checksum, no extra files."""
+    """Check a bundle directory: manifest schema, final status, every checksum, no extra,
+    linked or special files, no unexpected directories, the documents' schema."""
     v = Verdict(path=path)
     mpath = path / MANIFEST
-    if not path.is_dir():
+    if not path.is_dir() or path.is_symlink():
         v.problems.append(f"{path}: not a bundle directory")
-        return v
-    if not mpath.is_file():
-        v.problems.append(f"{mpath}: missing: not a bundle, or the kit died before writing anything")
         return v
     try:
         m = read_manifest(path)
-    except (ValidationError, ValueError) as e:
-        first = e.errors()[0] if isinstance(e, ValidationError) else {"loc": (), "msg": str(e)}
+    except BundleReadError as e:
+        hint = ": not a bundle, or the kit died before writing anything" if e.why == "missing" else ""
+        v.problems.append(f"{e}{hint}")
+        return v
+    except ValidationError as e:
+        first = e.errors()[0]
         key = ".".join(str(x) for x in first.get("loc", ()))
         v.problems.append(f"{mpath}: schema: {key} {first.get('msg')}".replace(":  ", ": "))
         return v
@@ -246,26 +340,44 @@ def verify(path: Path) -> Verdict:
         return v
     if m.id != path.name:
         v.problems.append(f"{mpath}: id {m.id!r} does not match the directory name {path.name!r}")
-    actual = {p.relative_to(path).as_posix() for p in path.rglob("*") if (p.is_file() or p.is_symlink())} - {MANIFEST}
+    regular: set[str] = set()
+    dirs: set[str] = set()
+    for rel, st in reader.entries(path):
+        if stat.S_ISDIR(st.st_mode):
+            dirs.add(rel)
+        elif stat.S_ISREG(st.st_mode):
+            regular.add(rel)
+        else:
+            v.problems.append(f"{path / rel}: is {reader.kind(st.st_mode)}; bundles hold plain files only")
+    actual = regular - {MANIFEST}
     for rel in sorted(set(m.files) - actual):
-        v.problems.append(f"{path / rel}: listed in the manifest but missing")
+        if not (path / rel).is_symlink():
+            v.problems.append(f"{path / rel}: listed in the manifest but missing")
     for rel in sorted(actual - set(m.files)):
         v.problems.append(f"{path / rel}: not listed in the manifest (added after the run?)")
+    expected_dirs = set(KEPT_DIRS) | {parent for rel in m.files for parent in _parents(rel)}
+    for rel in sorted(dirs - expected_dirs):
+        v.problems.append(f"{path / rel}: unexpected directory (no file of the manifest is in it)")
     for rel in sorted(set(m.files) & actual):
-        p = path / rel
-        if p.is_symlink():
-            v.problems.append(f"{p}: is a symbolic link; bundles hold plain files only")
-            continue
-        digest, size = sha256_file(p)
         entry = m.files[rel]
+        try:  # never more than the file should hold
+            digest, size = sha256_chunks(reader.iter_chunks(path, rel, limit=entry.size + 1))
+        except BundleReadError as e:
+            v.problems.append(str(e))
+            continue
         if size != entry.size or digest != entry.sha256:
-            v.problems.append(f"{p}: checksum mismatch (modified after the run): sha256 {digest[:12]}…, "
+            v.problems.append(f"{path / rel}: checksum mismatch (modified after the run): sha256 {digest[:12]}…, "
                               f"manifest says {entry.sha256[:12]}…")
     for req in REQUIRED_FILES:
         if req not in m.files:
             v.problems.append(f"{path / req}: required file missing from the bundle")
     v.problems.extend(_check_documents(path, m))
     return v
+
+
+def _parents(rel: str) -> list[str]:
+    parts = rel.split("/")[:-1]
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 #: top-level keys each JSON document must have, and the keys inside them that readers rely on
@@ -277,35 +389,18 @@ DOCUMENT_SCHEMA: dict[str, dict[str, tuple[str, ...]]] = {
 }
 
 
-# libyaml's safe loader where PyYAML has it: `kit report` checks two YAML files per bundle
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-@functools.lru_cache(maxsize=256)
-def _yaml_mapping_problem(text: str) -> str | None:
-    """Why ``text`` is not a YAML mapping, or None. Cached by content: the bundles of one
-    sweep share their recipe and preset documents."""
-    try:
-        doc = yaml.load(text, Loader=_YAML_LOADER)
-    except yaml.YAMLError as e:
-        return f"not valid YAML ({str(e).splitlines()[0]})"
-    return None if isinstance(doc, dict) else "not a YAML mapping"
-
-
 def _check_documents(path: Path, m: Manifest) -> list[str]:
-    """Schema of the documents readers parse: valid JSON/YAML mappings with the keys they need."""
+    """Schema of the documents readers parse, read through the reader's door: valid,
+    validated JSON objects / YAML mappings with the keys the commands need."""
     problems: list[str] = []
     for rel, schema in DOCUMENT_SCHEMA.items():
+        if rel not in m.files:
+            continue
         p = path / rel
-        if rel not in m.files or not p.is_file() or p.is_symlink():
-            continue
         try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            problems.append(f"{p}: schema: not valid JSON ({e})")
-            continue
-        if not isinstance(doc, dict):
-            problems.append(f"{p}: schema: the document is not a JSON object")
+            doc = reader.read_document(path, rel)
+        except BundleReadError as e:
+            problems.append(f"{e.path}: schema: {e.why}" if e.path == str(p) else str(e))
             continue
         for section, keys in schema.items():
             node = doc.get(section) if section else doc
@@ -317,13 +412,10 @@ def _check_documents(path: Path, m: Manifest) -> list[str]:
             if missing:
                 problems.append(f"{p}: schema: {label}missing key(s) {', '.join(missing)}")
     for rel in ("recipe.yaml", "preset.yaml"):
-        p = path / rel
-        if rel not in m.files or not p.is_file() or p.is_symlink():
+        if rel not in m.files:
             continue
         try:
-            problem = _yaml_mapping_problem(p.read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            problem = f"not valid YAML ({str(e).splitlines()[0]})"
-        if problem:
-            problems.append(f"{p}: schema: {problem}")
+            reader.read_yaml_mapping(path, rel)
+        except BundleReadError as e:
+            problems.append(f"{e.path}: schema: {e.why}")
     return problems

@@ -18,13 +18,11 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from kit import proc
 from kit.bundle import dump_json, now_iso
 
 FINALIZER = "finalizer.json"
@@ -34,8 +32,7 @@ _COMMANDS = {"run", "job-run", "collect", "reproduce", "sweep"}
 
 def _me() -> dict[str, Any]:
     cmd = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in _COMMANDS else None  # nothing user-typed
-    return {"host": socket.gethostname(), "pid": os.getpid(), "started": psutil.Process().create_time(),
-            "command": f"kit {cmd}" if cmd else "kit"}
+    return {**proc.identity(), "command": f"kit {cmd}" if cmd else "kit"}
 
 
 def _create(bundle: Path, data: dict[str, Any]) -> bool:
@@ -84,13 +81,9 @@ def age_s(bundle: Path) -> float | None:
 
 def holder_gone(bundle: Path, c: dict[str, Any]) -> bool:
     """The kit that made claim ``c`` is known to be gone (see the module's docstring)."""
-    if c.get("host") == socket.gethostname() and c.get("pid") and c.get("started"):
-        try:
-            return abs(psutil.Process(int(c["pid"])).create_time() - float(c["started"])) > 0.01
-        except psutil.NoSuchProcess:
-            return True
-        except (psutil.Error, TypeError, ValueError):
-            return False  # e.g. another user's process: alive for all we know
+    gone = proc.gone_here(c) if c.get("started") else None
+    if gone is not None:
+        return gone
     age = age_s(bundle)
     return age is not None and age > STALE_S
 

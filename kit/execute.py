@@ -239,59 +239,71 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     """
     launcher = launchers.get(launcher_name or plan.launcher)
     rt = runtimes.get(plan.runtime, image=plan.image)
-    cwd = Path.cwd()
-    cmd = _command(plan, b, launcher, rt, cwd)
+    cmd = _command(plan, b, launcher, rt, Path.cwd())
     plan = cmd.plan
-    log_path = b.logs / "launcher.log"
     started = bundle_mod.now_iso()
     t_start = time.monotonic()
     monitor = Monitor(b.id, plan.rank_argv[1:], expected_local=plan.ranks_per_node)
-    status, reason, stacks = "ok", "", {}
-    rc: int | None = None
-    software_job = None
 
-    with _Interrupt() as intr, ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
-                                            f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
-        watch = _Watch(plan, b, launcher, view)
-        with log_path.open("w", buffering=1) as log:
-            log.write(f"# kit: {' '.join(cmd.argv)}\n")
-            with reaper.guard(b.id, TERM_GRACE_S) as guard:
-                try:
-                    if cmd.start_error:
-                        raise OSError(cmd.start_error)
-                    proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cwd, stdout=subprocess.PIPE,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, text=True, bufsize=1, errors="replace")
-                except OSError as e:
-                    status, reason = "failed", cmd.start_error or f"could not start {cmd.argv[0]}: {e}"
-                    proc = None
-                if proc is not None:
-                    guard.group(proc.pid)
-                    guard.cleanup(rt.cleanup_commands())
-                    if not guard.active:
-                        log.write(f"# kit: no reaper ({guard.why_not}): were the kit killed, its ranks would "
-                                  "have to be stopped by hand\n")
-                    monitor.on_pids = guard.ranks
-                    monitor.start()
-                    # the software inventory overlaps the ranks' start-up (or is read from its cache)
-                    software_job = _Background(rt.inspect_software)
-                    reader = threading.Thread(target=watch.follow, args=(proc, log), name="kit-log-reader",
-                                              daemon=True)
-                    reader.start()
-                    status, reason, stacks = watch.until_exit(proc, intr, monitor)
-                    rc = proc.wait()
-                    reader.join(timeout=10)
-                    monitor.stop()
-                    rt.close()  # e.g. `podman rm -f`: nothing of the run outlives it
-    duration = time.monotonic() - t_start
-    log_text = log_path.read_text(errors="replace")
-    rank_failures = launcher.failures(log_text)
-    if status == "ok":
-        status, reason = _verdict(rc, watch.records, plan.recipe.train.iters, rank_failures)
-    monitors = [monitor.snapshot(), *(remote_monitors() if remote_monitors else [])]
-    return finalize(RunRecord(
-        plan=plan, bundle=b, runtime=rt, status=status, reason=reason, records=watch.records, monitors=monitors,
-        rank_failures=rank_failures, device_memory=logparse.device_memory_peaks(log_text.splitlines()),
-        launcher_rc=rc, argv=cmd.argv, kit_env=cmd.kit_env, env=cmd.env, started=started, duration=duration,
-        stacks=stacks, extra_provenance=extra_provenance or {},
-        software=software_job.result() if software_job else None), console)
+    # one interrupt guard over the run *and* its finalization: a second Ctrl-C while the bundle
+    # is written is recorded, not obeyed, so the bundle is always finalized
+    with _Interrupt() as intr:
+        cwd = Path.cwd()
+        log_path = b.logs / "launcher.log"
+        status, reason, stacks = "ok", "", {}
+        rc: int | None = None
+        software_job = None
+        leftovers: list[int] = []
+        with ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
+                          f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
+            watch = _Watch(plan, b, launcher, view)
+            with b.log_writer("logs/launcher.log") as log:
+                log.write(f"# kit: {' '.join(cmd.argv)}\n")
+                with reaper.guard(b.id, TERM_GRACE_S) as guard:
+                    try:
+                        if cmd.start_error:
+                            raise OSError(cmd.start_error)
+                        proc = subprocess.Popen(cmd.argv, env=cmd.env, cwd=cwd, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, text=True, bufsize=1, errors="replace")
+                    except OSError as e:
+                        status, reason = "failed", cmd.start_error or f"could not start {cmd.argv[0]}: {e}"
+                        proc = None
+                    if proc is not None:
+                        guard.group(proc.pid)
+                        guard.cleanup(rt.cleanup_commands())
+                        if not guard.active:
+                            log.write(f"# kit: no reaper ({guard.why_not}): were the kit killed, its ranks would "
+                                      "have to be stopped by hand\n")
+                        monitor.on_pids = guard.ranks
+                        monitor.start()
+                        # the software inventory overlaps the ranks' start-up (or is read from its cache)
+                        software_job = _Background(rt.inspect_software)
+                        reader = threading.Thread(target=watch.follow, args=(proc, log), name="kit-log-reader",
+                                                  daemon=True)
+                        reader.start()
+                        status, reason, stacks = watch.until_exit(proc, intr, monitor)
+                        rc = proc.wait()
+                        reader.join(timeout=10)
+                        # a launcher that died (SIGKILL, OOM) may leave ranks training on: stop them
+                        # before the bundle is sealed, or they would write into it afterwards
+                        leftovers = reaper.survivors(monitor.all_pids(), b.id)
+                        if leftovers:
+                            reaper.stop(None, leftovers, b.id, TERM_GRACE_S, term_pids=True)
+                        monitor.stop()
+                        rt.close()  # e.g. `podman rm -f`: nothing of the run outlives it
+        duration = time.monotonic() - t_start
+        log_text = log_path.read_text(errors="replace")
+        rank_failures = launcher.failures(log_text)
+        if status == "ok":
+            status, reason = _verdict(rc, watch.records, plan.recipe.train.iters, rank_failures)
+        if leftovers:
+            note = f"{len(leftovers)} rank process(es) outlived the launcher and were stopped by the kit"
+            status, reason = ("failed", note) if status == "ok" else (status, f"{reason}; {note}")
+        monitors = [monitor.snapshot(), *(remote_monitors() if remote_monitors else [])]
+        return finalize(RunRecord(
+            plan=plan, bundle=b, runtime=rt, status=status, reason=reason, records=watch.records, monitors=monitors,
+            rank_failures=rank_failures, device_memory=logparse.device_memory_peaks(log_text.splitlines()),
+            launcher_rc=rc, argv=cmd.argv, kit_env=cmd.kit_env, env=cmd.env, started=started, duration=duration,
+            stacks=stacks, extra_provenance=extra_provenance or {},
+            software=software_job.result() if software_job else None), console)

@@ -111,12 +111,29 @@ def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
 
 
 def finalize(rec: RunRecord, console: Console) -> Outcome:
-    """Write metrics.json and provenance.json from ``rec`` and the final manifest."""
+    """Write metrics.json and provenance.json from ``rec`` and the final manifest. A bundle
+    that cannot be written (a full disk, a lost mount) ends ``failed`` in one line, never
+    ``ok``: its manifest says so where it still can be written, else stays ``running``."""
+    try:
+        other = _claim_finalization(rec.bundle, console)
+        if other is not None:
+            return other
+        return _write(rec, console)
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        reason = f"the bundle could not be written: {e.strerror or e}{where}"
+        try:
+            rec.bundle.set_status("failed", reason)
+        except OSError:
+            pass  # the manifest still says running: `kit bundle verify` reports it incomplete
+        console.print(f"failed: {reason}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"bundle: {rec.bundle.path}", highlight=False, markup=False, soft_wrap=True)
+        return Outcome(status="failed", reason=reason, bundle=rec.bundle)
+
+
+def _write(rec: RunRecord, console: Console) -> Outcome:
     plan, b, rt, monitors = rec.plan, rec.bundle, rec.runtime, rec.monitors
     status, reason, device_memory, software = rec.status, rec.reason, rec.device_memory, rec.software
-    other = _claim_finalization(b, console)
-    if other is not None:
-        return other
     rank_peaks: dict[str, dict[str, float]] = {}
     for m in monitors:
         rank_peaks[m["node"]] = {r: s["peak_rss_mib"] for r, s in m["ranks"].items()}

@@ -37,7 +37,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, hostinfo, launchers, runtimes
+from kit import bundle as bundle_mod, hostinfo, launchers, proc, reaper, runtimes
 from kit.bundle import FINAL_STATUSES, Bundle
 from kit.errors import EXIT_NOT_READY, KitError
 from kit.execute import execute
@@ -138,17 +138,17 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
         "submitted": job.get("submitted"), "started": bundle_mod.now_iso(),
     }
     b.write_json(JOB_JSON, {**job, "job_id": job_id, "started": info["started"], "nodes": nodes, "head_node": head,
-                            "kit_pid": os.getpid()})
+                            "kit_pid": os.getpid(), "kit_started": proc.identity()["started"]})
     b.set_status("running", f"{plan.launcher} job {job_id} running on {', '.join(nodes)}")
 
-    step = _start_node_monitors(plan, bundle_dir, inner, head)
+    step = _start_node_monitors(plan, bundle_dir, inner, head, b.id)
     # this node's ranks, written every few seconds: what `kit collect` keeps if the job dies
     keeper = _SnapshotWriter(bundle_dir, plan, b.id).start()
 
     def remote_monitors() -> list[dict[str, Any]]:
         keeper.stop(write=False)
         if step is not None:
-            _stop(step)
+            _stop(step, b.id)
         return read_node_monitors(bundle_dir, exclude={head})
 
     outcome = execute(plan, b, console, launcher_name=inner, extra_provenance={"job": info},
@@ -162,12 +162,14 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
 
 
 class _SnapshotWriter:
-    """A light second monitor of this node, saved to ``monitor/<host>.json`` every ``every_s``."""
+    """A monitor of this node's ranks, saved to ``monitor/<host>.json`` every ``every_s``
+    (and once more when stopped with ``write``): ``kit job-run``'s keeper of what ``kit
+    collect`` finds if the job dies, and ``kit job-monitor`` on the other nodes."""
 
-    def __init__(self, bundle_dir: Path, plan: Plan, run_id: str, *, every_s: float = 10.0):
+    def __init__(self, bundle_dir: Path, plan: Plan, run_id: str, *, every_s: float = 10.0, interval: float = 2.0):
         from kit.monitor import Monitor
 
-        self.mon = Monitor(run_id, plan.rank_argv[1:], expected_local=plan.ranks_per_node, interval=2.0)
+        self.mon = Monitor(run_id, plan.rank_argv[1:], expected_local=plan.ranks_per_node, interval=interval)
         self.out = bundle_dir / MONITOR_DIR / f"{socket.gethostname()}.json"
         self.every_s = every_s
         self._stop = threading.Event()
@@ -181,20 +183,26 @@ class _SnapshotWriter:
     def _loop(self) -> None:
         while not self._stop.wait(self.every_s):
             if self.mon.ranks:
-                bundle_mod.atomic_write(self.out, bundle_mod.dump_json(self.mon.snapshot()))
+                self._write()
+
+    def _write(self) -> None:
+        bundle_mod.atomic_write(self.out, bundle_mod.dump_json(self.mon.snapshot()))
 
     def stop(self, *, write: bool) -> None:
         self._stop.set()
         self._t.join(timeout=5)
         self.mon.stop()
-        if not write:
+        if write:
+            self._write()
+        else:
             try:
                 self.out.unlink()  # job-run's own monitor has the full picture
             except FileNotFoundError:
                 pass
 
 
-def _start_node_monitors(plan: Plan, bundle_dir: Path, inner: str, head: str) -> subprocess.Popen | None:
+def _start_node_monitors(plan: Plan, bundle_dir: Path, inner: str, head: str,
+                         run_id: str) -> subprocess.Popen | None:
     """One ``kit job-monitor`` per node besides this one (multi-node jobs only)."""
     if plan.nodes <= 1:
         return None
@@ -214,26 +222,19 @@ def _start_node_monitors(plan: Plan, bundle_dir: Path, inner: str, head: str) ->
     else:
         return None
     log = (bundle_dir / "logs" / "job-monitor.log").open("w")
-    try:
+    try:  # the run's id in its environment: reaper.stop signals only the run's own processes
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, env={**os.environ, "KIT_RUN_ID": run_id})
     except OSError:
         return None
     finally:
         log.close()
 
 
-def _stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _stop(proc: subprocess.Popen, run_id: str, grace: float = 15.0) -> None:
+    """Stop the node monitors' step (its process group) as a run is stopped."""
+    if proc.poll() is None:
+        reaper.stop(proc.pid, [], run_id, grace, poll=proc.poll)
 
 
 def read_node_monitors(bundle_dir: Path, exclude: set[str] | None = None) -> list[dict[str, Any]]:
@@ -251,23 +252,18 @@ def read_node_monitors(bundle_dir: Path, exclude: set[str] | None = None) -> lis
 
 def monitor_node(bundle_dir: Path, *, head: str | None = None, interval_s: float = 5.0) -> int:
     """``kit job-monitor``: watch this node's ranks, writing ``monitor/<host>.json`` until stopped."""
-    from kit.monitor import Monitor
-
     bundle_dir = Path(bundle_dir).resolve()
     host = socket.gethostname()
     if head and host == head:
         return 0  # the head node is watched by kit job-run itself
     plan = load_plan(bundle_dir / "plan.json")
     run_id = bundle_mod.read_manifest(bundle_dir).id
-    mon = Monitor(run_id, plan.rank_argv[1:], expected_local=plan.ranks_per_node).start()
+    writer = _SnapshotWriter(bundle_dir, plan, run_id, every_s=interval_s, interval=0.5).start()
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.set())
-    out = bundle_dir / MONITOR_DIR / f"{host}.json"
-    while not stop.wait(interval_s):
-        bundle_mod.atomic_write(out, bundle_mod.dump_json(mon.snapshot()))
-    mon.stop()
-    bundle_mod.atomic_write(out, bundle_mod.dump_json(mon.snapshot()))
+    stop.wait()
+    writer.stop(write=True)
     return 0
 
 
@@ -345,16 +341,9 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
 
 def _job_kit_gone(job: dict[str, Any]) -> bool:
     """True when the kit inside the job is known to be gone: it ran on this host and its
-    process no longer exists (or is something else now). Unknown elsewhere: False."""
-    import psutil
-
-    pid = job.get("kit_pid")
-    if not pid or job.get("head_node") != socket.gethostname():
-        return False
-    try:
-        return "job-run" not in " ".join(psutil.Process(int(pid)).cmdline())
-    except (psutil.Error, ValueError):
-        return True
+    process (pid and start time) no longer exists. Unknown elsewhere: False."""
+    return bool(proc.gone_here({"host": job.get("head_node"), "pid": job.get("kit_pid"),
+                                "started": job.get("kit_started")}))
 
 
 def _await_job_kit(bundle_dir: Path, job: dict[str, Any], grace_s: float | None = None) -> None:

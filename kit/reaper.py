@@ -84,14 +84,20 @@ def _signal(pgid: int | None, pids: Iterable[int], sig: int) -> None:
             pass
 
 
+def survivors(pids: Iterable[int], run_id: str) -> list[int]:
+    """The processes of ``pids`` still alive and still run ``run_id``'s."""
+    return [p for p in pids if _ours(p, run_id)]
+
+
 def stop(pgid: int | None, pids: Iterable[int], run_id: str, grace: float,
-         poll: Callable[[], object] = lambda: None) -> None:
-    """SIGTERM the launcher's group ``pgid``; once it and the rank processes ``pids`` are
-    gone, return; after ``grace`` seconds, SIGKILL what is left. ``poll`` reaps the
-    launcher where the caller is its parent (a zombie still counts as a group member)."""
+         poll: Callable[[], object] = lambda: None, *, term_pids: bool = False) -> None:
+    """SIGTERM the launcher's group ``pgid`` (and the rank processes ``pids`` with
+    ``term_pids``: ranks whose launcher is gone); once the group and ``pids`` are gone,
+    return; after ``grace`` seconds, SIGKILL what is left. ``poll`` reaps the launcher where
+    the caller is its parent (a zombie still counts as a group member)."""
     pids = set(pids)
     group = pgid if pgid is not None and _group_ours(pgid, run_id) else None
-    _signal(group, [], signal.SIGTERM)
+    _signal(group, survivors(pids, run_id) if term_pids else [], signal.SIGTERM)
     deadline = time.monotonic() + grace
     while True:
         poll()

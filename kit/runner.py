@@ -13,8 +13,9 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import jobs, known_bad, launchers
+from kit import jobs, known_bad, launchers, redact
 from kit.bundle import Bundle
+from kit.errors import KitError
 from kit.execute import execute
 from kit.outcome import Outcome
 from kit.plan import Plan
@@ -24,20 +25,33 @@ def write_inputs(b: Bundle, plan: Plan) -> None:
     """The resolved recipe and preset, and the plan that `kit job-run`/`kit reproduce` read back."""
     b.write_yaml("recipe.yaml", plan.recipe.model_dump(by_alias=True))
     b.write_yaml("preset.yaml", plan.preset.model_dump())
-    b.write_text("plan.json", plan.model_dump_json(indent=2) + "\n")
+    b.write_json("plan.json", plan.model_dump(mode="json"))
 
 
 def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, Any] | None = None) -> Outcome:
     """``extra_files``: JSON documents written into the bundle with its inputs (e.g. a sweep's
     ``sweep.json`` with the point key), so they are checksummed with the rest."""
     seen_bad = known_bad.enforce(plan, console)  # KitError unless --force
+    launcher = launchers.get(plan.launcher)
+    if launcher.batch:
+        refuse_secrets(plan)
     b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name)
     write_inputs(b, plan)
     if seen_bad:
         b.write_json("known_bad.json", {"forced": True, "matches": seen_bad})
     for name, doc in (extra_files or {}).items():
         b.write_json(name, doc)
-    launcher = launchers.get(plan.launcher)
     if launcher.batch:
         return jobs.submit(plan, b, launcher, console)
     return execute(plan, b, console)
+
+
+def refuse_secrets(plan: Plan) -> None:
+    """A batch job runs the plan it reads back from its bundle, and a bundle never holds a
+    secret (it is redacted on the way in): a plan that carries one would run redacted."""
+    found = redact.secrets_in(plan.model_dump(mode="json"))
+    if found:
+        raise KitError(f"the plan carries a secret at {', '.join(found[:4])}; a batch job reads its plan back from the "
+                       f"bundle, which never holds secrets",
+                       where=f"recipe {plan.recipe_name} + preset {plan.preset.name} (--launcher {plan.launcher})",
+                       fix="pass it through the environment instead (export it before `kit run`: the job inherits it)")

@@ -35,12 +35,9 @@ planned; 2 bad sweep file; 130 interrupted.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import itertools
 import json
-import os
-import socket
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,10 +47,9 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
-from kit import bundle as bundle_mod
+from kit import bundle as bundle_mod, locks, proc
 from kit.configfile import load_model
-from kit.errors import KitError
-from kit.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from kit.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, KitError
 from kit.results import report as report_mod, store
 
 SWEEP_FILE = "sweep.json"
@@ -159,10 +155,7 @@ def points(sw: SweepFile, *, launcher: str | None = None) -> list[Point]:
 def locked_state(out: Path, name: str) -> Iterator[dict[str, Any]]:
     """The sweep's state document, read and (atomically) rewritten under an exclusive lock."""
     d = out / ".sweep"
-    d.mkdir(parents=True, exist_ok=True)
-    fd = os.open(d / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locks.exclusive(d / f"{name}.lock"):
         sp = d / f"{name}.json"
         try:
             state = json.loads(sp.read_text())
@@ -170,21 +163,14 @@ def locked_state(out: Path, name: str) -> Iterator[dict[str, Any]]:
             state = {"name": name, "points": {}}
         yield state
         bundle_mod.atomic_write(sp, bundle_mod.dump_json(state))
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _alive(claim: dict[str, Any]) -> bool:
-    if claim.get("host") != socket.gethostname():
-        return time.time() - claim.get("since", 0) < 24 * 3600  # another host: trust a claim for a day
-    try:
-        os.kill(int(claim["pid"]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, KeyError, ValueError):
-        return True
-    return True
+    """The sweep process that claimed a point is still running (another host: for a day)."""
+    gone = proc.gone_here(claim)
+    if gone is None:
+        return time.time() - claim.get("since", 0) < 24 * 3600
+    return not gone
 
 
 def bundles_by_key(out: Path) -> dict[str, list[Path]]:
@@ -283,7 +269,7 @@ def run_sweep(sweep_path: Path, *, out: Path | None = None, launcher: str | None
     if run_point is None:
         def run_point(p, o, rec, con):  # noqa: E306
             return run_point_inprocess(p, o, rec, con, job=sw.job, force=sw.force)
-    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    me = proc.identity()
     for i, p in enumerate(pts, 1):
         key = p.key
         head = f"[{i}/{len(pts)}] {p.title()} (point {key})"
@@ -302,7 +288,7 @@ def run_sweep(sweep_path: Path, *, out: Path | None = None, launcher: str | None
                 res.rows.append({"key": key, "title": p.title(), "state": "submitted", "bundle": str(b), "skipped": True})
                 console.print(f"{head}: submitted, waiting for the job ({b.name}); skipped", highlight=False, markup=False)
                 continue
-            if claim and claim != me and _alive(claim):
+            if claim and {k: claim.get(k) for k in me} != me and _alive(claim):
                 res.rows.append({"key": key, "title": p.title(), "state": "running elsewhere", "bundle": None, "skipped": True})
                 console.print(f"{head}: running in another process ({claim['host']}:{claim['pid']}); skipped", highlight=False, markup=False)
                 continue

@@ -13,8 +13,10 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kit.image.recipe import RecipeOptions, render
@@ -97,19 +99,21 @@ def test_tcmalloc_preloaded_inside_and_seen_from_host(x86_image, tmp_path):
 
     rt = runtimes.get("podman", image=x86_image["ref"])
     assert rt.find_tcmalloc() == "/usr/lib/x86_64-linux-gnu/libtcmalloc.so.4"
+    run_id = f"test-{os.getpid()}-{time.monotonic_ns()}"
     argv = rt.wrap(["sh", "-c", "python3 -c 'import time; time.sleep(8)' & wait"],
-                   {"LD_PRELOAD": "/somewhere/on/the/host/libtcmalloc.so"}, cwd=tmp_path, binds=[tmp_path])
+                   {"LD_PRELOAD": "/somewhere/on/the/host/libtcmalloc.so", "KIT_RUN_ID": run_id},
+                   cwd=tmp_path, binds=[tmp_path])
     proc = subprocess.Popen(argv)
     try:
-        roots = rt.process_roots(proc)
-        assert roots[0].pid != proc.pid, "the container's init process, not podman run"
-        import time
-        for _ in range(50):
-            kids = [k for k in roots[0].children(recursive=True) if "python3" in k.name()]
+        # found as the monitor finds a container's ranks: by the run id in their environment
+        kids = []
+        for _ in range(150):
+            kids = [p for p in psutil.process_iter(["name"]) if "python3" in (p.info["name"] or "")
+                    and _env_of(p).get("KIT_RUN_ID") == run_id]
             if kids:
                 break
             time.sleep(0.2)
-        assert kids
+        assert kids and kids[0].pid != proc.pid, "the python3 inside the container, not podman run"
         seen = mapped_allocator(kids[0].pid)
         assert seen["allocator"] == "tcmalloc", seen
     finally:
@@ -228,3 +232,10 @@ def test_killed_kit_leaves_no_container_and_no_rank(x86_image, tmp_path):
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def _env_of(p) -> dict:
+    try:
+        return p.environ()
+    except Exception:  # noqa: BLE001  (gone, or not ours to read)
+        return {}

@@ -257,10 +257,20 @@ def test_podman_wrap_and_roots(empty_path, tmp_path):
     assert f"{tmp_path / 'b'}:{tmp_path / 'b'}" in argv
     assert rt.describe.__func__  # noqa: B018
     assert rt.image_info()["digest"] == "sha256:" + "a" * 64
-    proc = subprocess.Popen(argv)
-    try:
-        roots = rt.process_roots(proc, timeout=5)
-        assert roots and roots[-1].pid == proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+
+
+def test_singularity_exec_argv_is_spythons(monkeypatch):
+    """The exec line the singularity runtime runs is the one spython's Client.execute composes
+    (spython's private _run_command is captured here, in the test only, to read it)."""
+    from spython.main import get_client
+    import spython.utils
+
+    opts = ["--bind", "/work:/work", "--env", "OMP_NUM_THREADS=2", "--pwd", "/work"]
+    ours = spy.exec_argv("/usr/bin/singularity", image="kit.sif", command=["python", "-m", "kit.workload"],
+                         options=opts)
+    got = []
+    client = get_client(quiet=True)
+    client._run_command = lambda cmd, **kw: got.append(list(cmd)) or {"return_code": 0, "message": ""}
+    monkeypatch.setattr(spython.utils, "check_install", lambda *a, **k: True)
+    client.execute(image="kit.sif", command=["python", "-m", "kit.workload"], options=opts, quiet=True)
+    assert ["/usr/bin/singularity", *got[0][1:]] == ours

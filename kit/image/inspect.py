@@ -9,17 +9,16 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
+from kit.digest import sha256_file
+from kit.engines import OCI_ENGINES, SIF_ENGINES, first_on_path
 from kit.errors import KitError
 
-OCI_ENGINES = ("podman", "docker")
-SIF_ENGINES = ("apptainer", "singularity")
 
 
 def is_sif(ref: str) -> bool:
@@ -27,18 +26,7 @@ def is_sif(ref: str) -> bool:
 
 
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def first_engine(names: tuple[str, ...]) -> str | None:
-    for n in names:
-        if shutil.which(n):
-            return n
-    return None
+    return "sha256:" + sha256_file(path)[0]
 
 
 def inspect_sif(path: str, engine: str | None = None) -> dict[str, Any]:
@@ -47,7 +35,7 @@ def inspect_sif(path: str, engine: str | None = None) -> dict[str, Any]:
         raise KitError(f"image {path} does not exist", where="--image", fix="build it with kit image build --engine singularity")
     out: dict[str, Any] = {"ref": str(p.resolve()), "format": "sif", "digest": file_sha256(p),
                            "size_bytes": p.stat().st_size, "labels": {}}
-    engine = engine or first_engine(SIF_ENGINES)
+    engine = engine or first_on_path(SIF_ENGINES)
     if engine and shutil.which(engine):
         proc = subprocess.run([engine, "inspect", "--json", "--labels", str(p)], capture_output=True, text=True, timeout=60)
         if proc.returncode == 0:
@@ -67,7 +55,7 @@ def inspect_sif(path: str, engine: str | None = None) -> dict[str, Any]:
 
 
 def inspect_oci(ref: str, engine: str | None = None) -> dict[str, Any]:
-    engine = engine or first_engine(OCI_ENGINES)
+    engine = engine or first_on_path(OCI_ENGINES)
     if engine is None or not shutil.which(engine):
         raise KitError(f"cannot inspect {ref}: neither podman nor docker is installed", where="kit image inspect",
                        fix="install podman (apt-get install podman) or pass a .sif file")

@@ -1,20 +1,19 @@
-"""Singularity/Apptainer command lines, composed by spython's client.
+"""Singularity/Apptainer command lines, as plain argv lists built in one place.
 
-spython's ``Client.build`` / ``Client.execute`` both compose and run a command; the kit
-needs the command itself (to run it under its own launcher and monitor, and to record it),
-so it asks spython's client to compose it with the run step captured. spython always
-names the binary ``singularity``; the kit puts the engine it found (``apptainer`` or
-``singularity``) in its place.
+``singularity build --force [options] IMAGE RECIPE`` and ``singularity exec [options]
+IMAGE CMD...``: exactly the command lines spython's ``Client.build`` / ``Client.execute``
+compose (tests/test_image_recipe.py checks each against spython's), without running them
+through spython, which would both compose and run them: the kit runs the command itself,
+under its own launcher and monitor, and records it. The binary is the engine found on PATH
+(``apptainer`` or ``singularity``; SingularityPRO installs as ``singularity``).
 """
 
 from __future__ import annotations
 
 import shutil
-from typing import Any
 
+from kit.engines import SIF_ENGINES
 from kit.errors import KitError
-
-SIF_ENGINES = ("apptainer", "singularity")
 
 
 def find_engine(preferred: str | None = None) -> str:
@@ -27,47 +26,16 @@ def find_engine(preferred: str | None = None) -> str:
     raise KitError(
         f"no {' or '.join(names)} binary on PATH",
         where="singularity engine",
-        fix=("install Apptainer/SingularityCE (on Fugaku: SingularityPRO, `module load singularity`), "
-             "or use --engine podman / --runtime podman"),
+        fix=("install Apptainer/SingularityCE (on Fugaku: SingularityPRO, /usr/bin/singularity on the compute "
+             "nodes), or use --engine podman / --runtime podman"),
     )
 
 
-def _capture(method: str, engine_path: str, **kwargs: Any) -> list[str]:
-    import spython.utils
-    from spython.main import get_client
-
-    client = get_client(quiet=True)
-    captured: list[list[str]] = []
-
-    def run_command(cmd, *args, **kw):
-        captured.append(list(cmd))
-        return {"return_code": 0, "message": ""}
-
-    client._run_command = run_command  # type: ignore[attr-defined]
-    saved = spython.utils.check_install
-    spython.utils.check_install = lambda *a, **k: True  # the engine was found by find_engine
-    try:
-        getattr(client, method)(**kwargs)
-    finally:
-        spython.utils.check_install = saved
-    if not captured:
-        raise KitError(f"spython composed no {method} command", where="singularity engine")
-    cmd = captured[0]
-    if cmd[0] != "singularity":
-        raise KitError(f"spython composed an unexpected command {cmd[:2]}", where="singularity engine")
-    return [engine_path, *cmd[1:]]
-
-
 def build_argv(engine_path: str, *, recipe: str, image: str, options: list[str]) -> list[str]:
-    """``singularity build [options] IMAGE RECIPE`` as spython's ``Client.build`` composes it."""
-    return _capture("build", engine_path, recipe=recipe, image=image, sudo=False, force=True,
-                    options=list(options), quiet=True)
+    """``singularity build --force [options] IMAGE RECIPE``."""
+    return [engine_path, "build", "--force", *options, image, recipe]
 
 
 def exec_argv(engine_path: str, *, image: str, command: list[str], options: list[str]) -> list[str]:
-    """``singularity exec [options] IMAGE CMD...`` as spython's ``Client.execute`` composes it.
-
-    Binds go in ``options`` as ``--bind SRC:DST`` (spython's own ``bind=`` argument exits the
-    process when a host path is missing; the kit checks paths itself).
-    """
-    return _capture("execute", engine_path, image=image, command=list(command), options=list(options), quiet=True)
+    """``singularity exec [options] IMAGE CMD...``; binds go in ``options`` as ``--bind SRC:DST``."""
+    return [engine_path, "exec", *options, image, *command]

@@ -25,7 +25,6 @@ archive (one line).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from kit import bundle as bundle_mod
+from kit import bundle as bundle_mod, locks
 from kit.errors import KitError
 from kit.results import VerificationFailed
 
@@ -226,14 +225,8 @@ def verify_archive(archive: Path, limits: Limits | None = None) -> bundle_mod.Ve
 @contextmanager
 def results_lock(into: Path, name: str = IMPORT_LOCK) -> Iterator[None]:
     """An exclusive ``fcntl`` lock on a file in ``into`` (shared by imports into one directory)."""
-    into.mkdir(parents=True, exist_ok=True)
-    fd = os.open(into / name, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locks.exclusive(into / name):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def import_archive(archive: Path, into: Path, limits: Limits | None = None) -> Path:

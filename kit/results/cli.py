@@ -17,7 +17,8 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from kit.errors import EXIT_FAILED, EXIT_OK
+from kit import bundle as bundle_mod
+from kit.errors import EXIT_FAILED, EXIT_OK, KitError
 from kit.results import VerificationFailed
 
 bundle_app = typer.Typer(help="Result bundles: pack to one .tar.gz, verify, import safely, show.",
@@ -153,6 +154,12 @@ def compare_cmd(a: Annotated[Path, typer.Argument(help="bundle A")], b: Annotate
     """What differs between two bundles (plan, settings, image, packages, hardware, environment) and how each metric moved."""
     from kit.results import compare, store
 
+    for side in (a, b):  # nothing unverified is compared: its figures could be anyone's
+        if not store.is_bundle(side):
+            raise KitError("not a bundle directory", where=str(side), fix="name two bundle directories")
+        v = bundle_mod.verify(side)
+        if not v.ok:
+            _problems(VerificationFailed(f"{side}: not compared, the bundle does not verify", v.problems))
     c = compare.compare(store.load(a), store.load(b))
     if as_json:
         print(json.dumps(compare.to_json(c), indent=2, default=str))

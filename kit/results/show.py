@@ -13,8 +13,8 @@ from kit.results import compare, store
 
 
 def summary(path: Path) -> dict[str, Any]:
+    v = bundle_mod.verify(path)  # first: what follows is read through the reader, but judged after this
     docs = store.load(path)
-    v = bundle_mod.verify(path)
     plan = docs.provenance.get("plan") or {}
     s = docs.metrics.get("summary") or {}
     m = docs.manifest

@@ -7,12 +7,14 @@ levels deep, so ``results/`` finds ``results/<sweep>/<id>/`` too); hidden direct
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kit import bundle as bundle_mod
+from pydantic import ValidationError
+
+from kit import bundle as bundle_mod, bundle_reader
+from kit.bundle_reader import BundleReadError
 from kit.errors import KitError
 
 
@@ -36,7 +38,9 @@ class BundleDocs:
 
 
 def is_bundle(path: Path) -> bool:
-    return (path / bundle_mod.MANIFEST).is_file()
+    """A directory (not a link) holding a manifest (not a link either)."""
+    m = path / bundle_mod.MANIFEST
+    return path.is_dir() and not path.is_symlink() and not m.is_symlink() and m.exists()
 
 
 def find(paths: list[Path], depth: int = 2) -> list[Path]:
@@ -75,25 +79,34 @@ def find(paths: list[Path], depth: int = 2) -> list[Path]:
     return out
 
 
-def _read_json(path: Path) -> Any:
+def _read(path: Path, name: str, *, required: bool) -> dict[str, Any] | None:
+    """A document of the bundle through the reader's door (regular file, capped, validated)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
-        raise KitError(f"unreadable: {e}", where=str(path), fix="run `kit bundle verify` on the bundle") from None
+        return bundle_reader.read_document(path, name)
+    except BundleReadError as e:
+        if e.why == "missing" and not required:
+            return None
+        raise KitError(e.why, where=e.path, fix="run `kit bundle verify` on the bundle") from None
 
 
 def load(path: Path) -> BundleDocs:
-    """A bundle's manifest, metrics, provenance (and plan, sweep record where present)."""
+    """A bundle's manifest, metrics, provenance (and plan, sweep record where present), each
+    read through :mod:`kit.bundle_reader` and validated; a bad one is a one-line KitError."""
     if not is_bundle(path):
         raise KitError("not a bundle (no manifest.json)", where=str(path), fix="name a directory written by `kit run`")
-    manifest = _read_json(path / bundle_mod.MANIFEST) or {}
-    metrics = _read_json(path / "metrics.json")
-    prov = _read_json(path / "provenance.json")
+    try:
+        manifest = bundle_mod.read_manifest(path).model_dump()
+    except BundleReadError as e:
+        raise KitError(e.why, where=e.path, fix="run `kit bundle verify` on the bundle") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise KitError(f"schema: {'.'.join(str(x) for x in first.get('loc', ()))} {first.get('msg')}",
+                       where=str(path / bundle_mod.MANIFEST), fix="run `kit bundle verify` on the bundle") from None
+    metrics = _read(path, "metrics.json", required=False)
+    prov = _read(path, "provenance.json", required=False)
     if metrics is None or prov is None:
         what = "metrics.json" if metrics is None else "provenance.json"
         raise KitError(f"{what} missing (status {manifest.get('status', '?')})", where=str(path),
                        fix="the run has not finished or the bundle is damaged; see `kit bundle verify`")
     return BundleDocs(path=path, manifest=manifest, metrics=metrics, provenance=prov,
-                      plan=_read_json(path / "plan.json"), sweep=_read_json(path / "sweep.json"))
+                      plan=_read(path, "plan.json", required=False), sweep=_read(path, "sweep.json", required=False))

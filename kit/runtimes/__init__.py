@@ -10,102 +10,23 @@ provenance. Each runtime is one module registered by name:
 
 from __future__ import annotations
 
-import abc
-import hashlib
-import os
-import subprocess
-from collections.abc import Callable
-from pathlib import Path
+import importlib
 from typing import Any
 
-import psutil
-
 from kit.errors import KitError
+from kit.runtimes.base import _REGISTRY, Runtime
 
-_REGISTRY: dict[str, Callable[..., "Runtime"]] = {}
-
-
-def register(*names: str):
-    def deco(cls):
-        for name in names:
-            _REGISTRY[name] = cls
-        return cls
-    return deco
+__all__ = ["Runtime", "get", "names"]
 
 
-class Runtime(abc.ABC):
-    """Wraps a command so that it runs in this runtime."""
-
-    name: str = "?"
-    #: the Python interpreter to use for the pinned command inside this runtime
-    python: str = "python3"
-
-    def __init__(self, image: str | None = None, **options: Any):
-        self.image = image
-        self.options = options
-
-    @abc.abstractmethod
-    def wrap(self, argv: list[str], env: dict[str, str], *, cwd: Path, binds: list[Path]) -> list[str]:
-        """The argv that runs ``argv`` with ``env`` in ``cwd`` inside this runtime.
-
-        ``env`` holds only the variables the kit sets on purpose (LD_PRELOAD, OMP_*, ...);
-        the runtime decides how they reach the command (inherited, ``--env``, ...).
-        ``binds`` are host directories the command must see at the same path.
-        """
-
-    def process_roots(self, proc: subprocess.Popen) -> list[psutil.Process]:
-        """The processes whose trees hold the ranks (default: the wrapped command itself)."""
-        try:
-            return [psutil.Process(proc.pid)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def describe(self) -> dict[str, Any]:
-        """Provenance: runtime name, image reference, digest, labels, ..."""
-        return {"runtime": self.name, "image": self.image}
-
-    def inspect_software(self) -> dict[str, Any]:
-        """pip freeze, torch and DeepSpeed versions as seen where the command runs."""
-        from kit.provenance import software_info
-
-        return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]), cache_key=self.software_key())
-
-    def image_info(self) -> dict[str, Any]:
-        """The image's digest, labels and architecture; {} where there is no image."""
-        return {}
-
-    def software_key(self) -> str | None:
-        """A digest of everything ``inspect_software`` depends on, to reuse its answer: an
-        image's content digest (and the CPU count, which sets torch's default threads); None,
-        where there is no such digest: take the inventory afresh every run."""
-        digest = self.image_info().get("digest")
-        if not digest:
-            return None
-        return f"{self.name}-" + hashlib.sha256(f"{digest}|{os.cpu_count()}".encode()).hexdigest()[:32]
-
-    def cleanup_commands(self) -> list[list[str]]:
-        """The commands that remove what this runtime created for the run (containers, ...)."""
-        return []
-
-    def close(self) -> None:
-        """Clean up anything the runtime created: run ``cleanup_commands()``."""
-        for argv in self.cleanup_commands():
-            try:
-                subprocess.run(argv, capture_output=True, timeout=60)
-            except (OSError, subprocess.SubprocessError):
-                pass
+def _load_builtin() -> None:
+    """Import the built-in runtimes (each registers itself in kit.runtimes.base)."""
+    for mod in ("host", "oci", "singularity"):
+        importlib.import_module(f"kit.runtimes.{mod}")
 
 
 def get(name: str, image: str | None = None, **options: Any) -> Runtime:
-    import kit.runtimes.host  # noqa: F401  (registration)
-    try:
-        import kit.runtimes.oci  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        import kit.runtimes.singularity  # noqa: F401
-    except ImportError:
-        pass
+    _load_builtin()
     if name not in _REGISTRY:
         raise KitError(f"unknown runtime {name!r}", where="--runtime",
                        fix=f"use one of: {', '.join(sorted(_REGISTRY))}")

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from kit.runtimes import Runtime, register
+from kit.runtimes.base import Runtime, register
 
 
 @register("host")

@@ -6,10 +6,10 @@
   the working directory is the same as on the host.
 - ``--network=host`` and ``--ipc=host``: torchrun/gloo rendezvous on the host's addresses,
   and shared memory is not capped at podman's 64 MB default.
-- Each ``wrap`` names its container ``kit-<random>``; ``process_roots`` asks the engine for
-  that container's init process (``{{.State.Pid}}``, a host pid): the container's processes
-  are children of conmon, not of ``podman run``, so the monitor starts from there and reads
-  each rank's ``/proc/<pid>/maps`` (and finds libtcmalloc there) as for host ranks.
+- Each ``wrap`` names its container ``kit-<random>`` (removed by ``cleanup_commands``). The
+  container's processes are children of conmon, not of ``podman run``; the monitor finds
+  the ranks by the ``KIT_RUN_ID`` in their environment (``--env``), as for host ranks, and
+  reads each rank's ``/proc/<pid>/maps`` (and finds libtcmalloc there).
 - ``LD_PRELOAD`` entries naming a tcmalloc library are rewritten to the image's own copy
   (label ``org.kit.tcmalloc.path``): the host's path need not exist in the image (an arm64
   image keeps it under ``/usr/lib/aarch64-linux-gnu``).
@@ -22,14 +22,11 @@ import re
 import secrets
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from kit.errors import KitError
-from kit.runtimes import Runtime, register
+from kit.runtimes.base import Runtime, register
 
 PROBE_SCRIPT = r"""
 import ctypes, json, os, platform, struct
@@ -174,47 +171,6 @@ class OciRuntime(Runtime):
         out += [self.image, *argv]
         return out
 
-    @staticmethod
-    def _container_name(args: Any) -> str | None:
-        if isinstance(args, (list, tuple)) and "--name" in args:
-            i = list(args).index("--name")
-            if i + 1 < len(args):
-                return str(args[i + 1])
-        return None
-
-    def container_pid(self, name: str) -> int | None:
-        proc = subprocess.run([self.engine, "inspect", "--format", "{{.State.Pid}}", name],
-                              capture_output=True, text=True, timeout=30)
-        if proc.returncode == 0:
-            try:
-                pid = int(proc.stdout.strip() or 0)
-            except ValueError:
-                return None
-            return pid or None
-        return None
-
-    def process_roots(self, proc: subprocess.Popen, timeout: float = 60.0) -> list[psutil.Process]:
-        """The container's init process (a host pid), once the container runs."""
-        name = self._container_name(proc.args) or (self._containers[-1] if self._containers else None)
-        roots: list[psutil.Process] = []
-        if name:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and proc.poll() is None:
-                pid = self.container_pid(name)
-                if pid:
-                    try:
-                        roots.append(psutil.Process(pid))
-                    except psutil.NoSuchProcess:
-                        pass
-                    break
-                time.sleep(0.2)
-        try:
-            roots.append(psutil.Process(proc.pid))
-        except psutil.NoSuchProcess:
-            pass
-        return roots
-
-    # -- provenance -------------------------------------------------------------------
     def engine_version(self) -> str | None:
         try:
             p = subprocess.run([self.engine, "--version"], capture_output=True, text=True, timeout=30)

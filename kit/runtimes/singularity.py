@@ -16,8 +16,8 @@ The command line is composed by spython's client (``kit.image.spy.exec_argv``):
   ``/var/opt/FJSVtcs``, ``/etc/opt/FJSVtcs`` ...): see containers/README.md.
 - ``LD_PRELOAD`` naming a tcmalloc is rewritten to the image's copy (label
   ``org.kit.tcmalloc.path``), as for podman.
-- ``singularity exec`` runs the command as a child in the same pid namespace, so the
-  default ``process_roots`` (the wrapped process itself) already holds the ranks.
+- ``singularity exec`` runs the command as a child in the same pid namespace; the monitor
+  finds the ranks by their ``KIT_RUN_ID``, as on the host.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 from kit.errors import KitError
 from kit.image import spy
-from kit.runtimes import Runtime, register
+from kit.runtimes.base import Runtime, register
 from kit.runtimes.oci import rewrite_preload, run_probe
 
 #: launcher variables passed through --cleanenv (see the module doc)
