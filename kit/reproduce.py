@@ -25,6 +25,7 @@ environment could not be matched.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,29 +152,108 @@ class Reproduction:
     message: str = ""
 
 
-def resolve_plan(docs: store.BundleDocs, *, launcher: str | None = None):
-    """A new plan from the inputs recorded in ``plan.json``."""
+#: recipe values a reproduction takes from a bundle: numbers of the model, layout, batch and
+#: training loop. Anything else it asks for (the command, data files, image, runtime,
+#: environment, launcher, job options, --force) is the sender's choice: refused unless the
+#: user passes it here.
+ALLOWED_OVERRIDE = re.compile(
+    r"^(model\.(layers|hidden|heads|seq|vocab|checkpoint_activations)|parallel\.(dp|tp|pp|zero)|"
+    r"batch\.(micro|global)|train\.(iters|warmup_iters|seed|lr|dtype|stall_timeout_s|startup_timeout_s))"
+    r"=[A-Za-z0-9.+-]{1,32}$|^data=synthetic$")
+CATALOG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass
+class Choices:
+    """What the user passed to ``kit reproduce`` (None: not passed)."""
+    recipe: str | None = None
+    presets: list[str] | None = None
+    overrides: list[str] = field(default_factory=list)
+    launcher: str | None = None
+    runtime: str | None = None
+    image: str | None = None
+    nodes: int | None = None
+    force: bool = False
+
+
+def _strings(v: Any, where: str) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise KitError("is not a list of strings", where=where, fix="the bundle is damaged; see `kit bundle verify`")
+    return list(v)
+
+
+def resolve_plan(docs: store.BundleDocs, choices: Choices | None = None):
+    """A new plan from the bundle's recorded inputs, taking from the bundle only catalog names
+    (recipe, presets) and allow-listed recipe values; the rest comes from ``choices``."""
     from kit import plan as plan_mod
 
-    if not docs.plan:
+    c = choices or Choices()
+    rec = docs.plan
+    if not rec:
         raise KitError("the bundle has no plan.json", where=str(docs.path),
                        fix="it was written by a kit that did not record its plan; re-run it with `kit run`")
-    old = plan_mod.Plan.model_validate(docs.plan)
-    return plan_mod.resolve(recipe_name=old.recipe_name, overrides=old.overrides, preset_names=old.preset_names,
-                            launcher=launcher or old.launcher, runtime=old.runtime, image=old.image, nodes=old.nodes,
-                            job=old.job, force=old.force)
+    where = str(docs.path / "plan.json")
+    recipe = c.recipe or rec.get("recipe_name")
+    if c.recipe is None and not (isinstance(recipe, str) and CATALOG_NAME.match(recipe) and not recipe.endswith(".yaml")):
+        raise KitError(f"recipe {str(recipe)[:80]!r} is not a name in a recipe catalog", where=f"{where}: recipe_name",
+                       fix="a reproduction takes recipes from the local catalog; pass --recipe NAME|PATH you trust")
+    presets = c.presets or _strings(rec.get("preset_names"), f"{where}: preset_names")
+    if c.presets is None:
+        bad = [p for p in presets if not CATALOG_NAME.match(p) or p.endswith(".yaml")]
+        if bad:
+            raise KitError(f"preset(s) {', '.join(repr(p[:80]) for p in bad)} are not catalog names",
+                           where=f"{where}: preset_names", fix="pass --preset NAME|PATH you trust")
+    recorded = _strings(rec.get("overrides", []), f"{where}: overrides")
+    refused = [o for o in recorded if not ALLOWED_OVERRIDE.match(o) and o not in c.overrides]
+    if refused:
+        raise KitError(f"the bundle asks for --set {' --set '.join(repr(o[:120]) for o in refused)}, which a "
+                       f"reproduction does not take from a bundle (only model, layout, batch and training numbers)",
+                       where=f"{where}: overrides",
+                       fix="read it in `kit bundle show`; pass the same --set yourself if you trust it")
+    overrides = recorded + [o for o in c.overrides if o not in recorded]
+    return plan_mod.resolve(recipe_name=recipe, overrides=overrides, preset_names=presets,
+                            launcher=c.launcher or "local", runtime=c.runtime, image=c.image, nodes=c.nodes or 1,
+                            force=c.force)
 
 
-def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, force: bool = False,
-              launcher: str | None = None) -> Reproduction:
+def not_taken(docs: store.BundleDocs, plan) -> list[str]:
+    """What the bundle ran with that this reproduction does not take from it (notes)."""
+    rec = docs.plan or {}
+    out = []
+    for key, flag, new in (("launcher", "--launcher", plan.launcher), ("runtime", "--runtime", plan.runtime),
+                           ("image", "--image", plan.image), ("nodes", "--nodes", plan.nodes)):
+        old = rec.get(key)
+        if old not in (None, new) and isinstance(old, (str, int)):
+            out.append(f"the bundle ran with {flag} {str(old)[:120]}; not taken from it (pass {flag} to use it)")
+    if rec.get("force") is True and not plan.force:
+        out.append("the bundle was run with --force (a known-bad combination); pass --force to run it again")
+    return out
+
+
+def describe_plan(plan) -> list[str]:
+    """Exactly what will run: where, the rank command and the environment the kit sets."""
+    import shlex
+
+    where = f"{plan.launcher} launcher, {plan.world_size} rank(s) on {plan.nodes} node(s), runtime {plan.runtime}" + \
+        (f" image {plan.image}" if plan.image else "")
+    return [f"will run: {where}",
+            f"  command: {shlex.join(plan.rank_argv)}",
+            "  environment: " + (" ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(plan.env.items())) or "(none)")]
+
+
+def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console,
+              choices: Choices | None = None) -> Reproduction:
     from kit import runner
 
     v = bundle_mod.verify(bundle)
     if not v.ok:
         raise VerificationFailed(f"{bundle}: not reproduced, the bundle does not verify", v.problems)
     docs = store.load(bundle)
-    plan = resolve_plan(docs, launcher=launcher)
+    choices = choices or Choices()
+    force = choices.force
+    plan = resolve_plan(docs, choices)
     pf = preflight(docs, plan)
+    pf.notes.extend(not_taken(docs, plan))
     res = Reproduction(original=bundle, exit_code=EXIT_OK, preflight=pf)
     console.print(f"reproducing {docs.id}: {plan.recipe_name} [{'+'.join(plan.preset_names)}]"
                   + (f" --set {' --set '.join(plan.overrides)}" if plan.overrides else ""), highlight=False, markup=False)
@@ -186,6 +266,8 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console, forc
         res.message = "not run: the environment could not be matched (--force runs anyway)"
         console.print(res.message, highlight=False, markup=False)
         return res
+    for line in describe_plan(plan):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"tolerance: {tol.describe()}", highlight=False, markup=False)
     outcome = runner.run(plan, out, console, extra_files={REPRODUCE_FILE: {
         "original": docs.id, "original_path": str(bundle.resolve()),

@@ -200,14 +200,22 @@ def reproduce_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory 
                   tolerance: Annotated[float, typer.Option(help="sec/it and TFLOPs may differ by a factor of 1+T either way; inf: not judged")] = 0.25,
                   mem_tolerance: Annotated[float, typer.Option(help="relative tolerance for peak memory")] = 0.25,
                   loss_tolerance: Annotated[float, typer.Option(help="absolute tolerance for the final loss")] = 1e-3,
-                  launcher: Annotated[Optional[str], typer.Option(help="run with another launcher than recorded")] = None,
-                  force: Annotated[bool, typer.Option(help="run even when the environment does not match (still exit 4)")] = False):
-    """Re-run what a bundle describes and compare the new metrics with the old within a printed tolerance."""
+                  recipe: Annotated[Optional[str], typer.Option(help="the recipe (name or path) instead of the bundle's catalog name")] = None,
+                  preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s) instead of the bundle's catalog names")] = None,
+                  set_: Annotated[Optional[list[str]], typer.Option("--set", help="a recipe value the bundle asks for beyond the allow-list, if you trust it")] = None,
+                  launcher: Annotated[Optional[str], typer.Option(help="launcher (default local; never taken from the bundle)")] = None,
+                  runtime: Annotated[Optional[str], typer.Option(help="runtime (never taken from the bundle)")] = None,
+                  image: Annotated[Optional[str], typer.Option(help="image (never taken from the bundle)")] = None,
+                  nodes: Annotated[Optional[int], typer.Option(help="nodes (default 1; never taken from the bundle)")] = None,
+                  force: Annotated[bool, typer.Option(help="run even when the environment does not match (still exit 4), or a known-bad combination")] = False):
+    """Re-run what a bundle describes (data only: nothing the sender chose runs unless you pass it) and compare."""
     from kit import reproduce
 
+    choices = reproduce.Choices(recipe=recipe, presets=preset or None, overrides=set_ or [], launcher=launcher,
+                                runtime=runtime, image=image, nodes=nodes, force=force)
     try:
         r = reproduce.reproduce(bundle, out=output, tol=reproduce.Tolerance(tolerance, mem_tolerance, loss_tolerance),
-                                console=out, force=force, launcher=launcher)
+                                console=out, choices=choices)
     except VerificationFailed as e:
         _problems(e)
     raise typer.Exit(r.exit_code)
