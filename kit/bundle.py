@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import kit
+from kit import catalog
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -110,10 +111,21 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
+def _id_name(name: str) -> str:
+    """A recipe or preset as it appears in an id: its name, or for a file given by path, the
+    file's stem and a short hash of the path as given (no directory ever enters an id)."""
+    if not catalog.is_path(name):
+        return name
+    return f"{Path(name).stem[:24]}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+
+
 def new_id(recipe: str, preset: str, when: dt.datetime | None = None) -> str:
+    """``<time>_<recipe>_<preset>_<random>``, e.g. ``20261203-142947_tiny_boost+tcmalloc_fc5aaa``:
+    from names only (``preset`` is a composition ``a+b``; a part given by path becomes
+    ``stem-<hash>``), in safe characters (letters, digits, ``._+-``), unique by the random tail."""
     when = when or dt.datetime.now()
-    stem = _ID_SAFE.sub("-", f"{recipe}_{preset}")[:60]
-    return f"{when:%Y%m%d-%H%M%S}_{stem}_{secrets.token_hex(3)}"
+    names = f"{_id_name(recipe)}_{'+'.join(_id_name(p) for p in preset.split('+'))}"
+    return f"{when:%Y%m%d-%H%M%S}_{_ID_SAFE.sub('-', names)[:60]}_{secrets.token_hex(3)}"
 
 
 @dataclass
