@@ -321,6 +321,20 @@ def presets_show(names: Annotated[list[str], typer.Argument(help="one or more pr
     console.print(yaml.safe_dump(data, sort_keys=False), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("cli-reference", hidden=True)
+def cli_reference(write: Annotated[Optional[Path], typer.Option(help="replace the marked section of this file "
+                                                                     "(README.md) instead of printing")] = None):
+    """The command reference, as Markdown, from every command's own help (README.md's section)."""
+    from kit import clidoc
+
+    ref = clidoc.render(typer.main.get_command(app))
+    if write is None:
+        sys.stdout.write(ref)
+        return
+    changed = clidoc.write(write, ref)
+    err.print(f"{write}: command reference {'updated' if changed else 'already up to date'}", highlight=False, markup=False)
+
+
 _register_optional("kit.image.cli", "image")
 from kit.results import cli as _results_cli  # noqa: E402  (bundle, report, compare, sweep, reproduce)
 

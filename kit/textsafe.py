@@ -47,7 +47,7 @@ def terminal_tree(value: Any) -> Any:
     return value
 
 
-_MARKDOWN_SPECIAL = set("\\`*_{}[]<>()#+!|~")
+_MARKDOWN_SPECIAL = set("\\`*_[]<>|~")  # what can act inside a table cell
 
 
 def markdown_cell(text: Any) -> str:
