@@ -21,10 +21,9 @@ from rich.text import Text
 from kit import catalog, flops as flops_mod, plan as plan_mod, preset as preset_mod, recipe as recipe_mod
 from kit.errors import EXIT_USAGE, KitError
 from kit.results.cli import JsonOpt
-from kit.textsafe import terminal_tree
+from kit.textsafe import terminal, terminal_tree
 
-app = typer.Typer(help="kit: reproducible LLM training sweeps on HPC systems (Fugaku/PJM, Slurm, workstations).",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)  # help: _root's docstring
 recipes_app = typer.Typer(help="Pinned training recipes (recipes/*.yaml).", no_args_is_help=True)
 presets_app = typer.Typer(help="Machine-setting presets (env/*.yaml).", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
@@ -84,10 +83,21 @@ def _register_optional(module: str, name: str) -> None:
     app.add_typer(mod.app, name=name)
 
 
+def _recipe_names(incomplete: str) -> list[str]:
+    """Shell completion: the recipes on the search path."""
+    return [n for n in catalog.available("recipe") if n.startswith(incomplete)]
+
+
+def _preset_names(incomplete: str) -> list[str]:
+    """Shell completion: the presets on the search path."""
+    return [n for n in catalog.available("preset") if n.startswith(incomplete)]
+
+
 @app.command()
 def run(
-    recipe: Annotated[str, typer.Argument(help="recipe name or path")] = recipe_mod.DEFAULT_RECIPE,
-    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right")] = None,
+    recipe: Annotated[str, typer.Argument(help="recipe name or path", autocompletion=_recipe_names)] = recipe_mod.DEFAULT_RECIPE,
+    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right",
+                                                        autocompletion=_preset_names)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: key=value (recorded)")] = None,
     launcher: Annotated[str, typer.Option(help="local | mpirun | srun | slurm | pjm")] = "local",
     runtime: Annotated[Optional[str], typer.Option(help="host | podman | docker | singularity | apptainer")] = None,
@@ -267,7 +277,7 @@ def recipes_list(as_json: JsonOpt = False):
 
 
 @recipes_app.command("show")
-def recipes_show(name: Annotated[str, typer.Argument(help="recipe name or path")],
+def recipes_show(name: Annotated[str, typer.Argument(help="recipe name or path", autocompletion=_recipe_names)],
                  set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a value: key=value")] = None,
                  as_json: JsonOpt = False):
     """A recipe as resolved (with overrides), and the file it came from."""
@@ -308,7 +318,8 @@ def presets_list(as_json: JsonOpt = False):
 
 
 @presets_app.command("show")
-def presets_show(names: Annotated[list[str], typer.Argument(help="one or more presets, composed left to right")],
+def presets_show(names: Annotated[list[str], typer.Argument(help="one or more presets, composed left to right",
+                                                            autocompletion=_preset_names)],
                  as_json: JsonOpt = False):
     """A preset (or a composition) fully resolved, and the files it came from."""
     p, files = preset_mod.load(names)
@@ -346,7 +357,7 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
     except KitError as e:
-        err.print(f"kit: error: {e}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"kit: error: {terminal(e)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except typer.TyperException as e:  # bad CLI values (click's UsageError and kin), on one line
         ctx = getattr(e, "ctx", None)

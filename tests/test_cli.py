@@ -4,6 +4,7 @@ names, catalog sources, and bundle text escaped for the terminal."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -69,10 +70,21 @@ def test_version_names_kit_python_torch_and_deepspeed_without_importing_torch():
     assert out.strip().endswith("torch not imported"), out
 
 
-def test_shell_completion_is_offered():
+def test_shell_completion_is_offered_and_completes_names():
     assert "--install-completion" in kit_cli("--help").stdout
     proc = kit_cli("--show-completion", "bash", check=True)
     assert "complete" in proc.stdout and "_COMPLETE" in proc.stdout
+
+    def complete(words: str) -> list[str]:
+        env = {"_KIT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(words.split()) - 1)}
+        code = "import sys; sys.argv = ['kit']; from kit.cli import main; main()"
+        out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, cwd=REPO,
+                             capture_output=True, text=True)
+        return out.stdout.split()
+
+    assert complete("kit re") == ["report", "reproduce", "recipes"]
+    assert complete("kit run tiny --preset mp") == ["mpn4-tuned", "mpn4"]
+    assert complete("kit recipes show gpt") == ["gpt-1.3b", "gpt-124m"]
 
 
 # -- values in words ----------------------------------------------------------------------------------
