@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 import yaml
@@ -22,6 +22,9 @@ from kit import catalog, flops as flops_mod, plan as plan_mod, preset as preset_
 from kit.errors import EXIT_USAGE, KitError
 from kit.results.cli import JsonOpt
 from kit.textsafe import terminal, terminal_tree
+
+if TYPE_CHECKING:
+    from kit.outcome import Outcome
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)  # help: _root's docstring
 recipes_app = typer.Typer(help="Pinned training recipes (recipes/*.yaml).", no_args_is_help=True)
@@ -126,10 +129,21 @@ def run(
         return
     outcome = runner.run(plan, out, err if as_json else console)
     if as_json:
-        b = outcome.bundle
-        _print_json({"path": str(b.path), "id": b.id, "status": outcome.status, "reason": outcome.reason,
-                     "exit_code": outcome.exit_code, "summary": outcome.summary or None}, one_line=True)
+        _print_json(_run_result(outcome), one_line=True)
     raise typer.Exit(outcome.exit_code)
+
+
+def _run_result(outcome: Outcome) -> dict:
+    """``kit run --json``'s line: the bundle's path, id, status and metrics summary (read back
+    from the bundle when the outcome does not carry it: a batch job waited for)."""
+    from kit import bundle as bundle_mod
+
+    b = outcome.bundle
+    summary = outcome.summary
+    if not summary and (b.path / "metrics.json").is_file():
+        summary = bundle_mod.load_json(b.path, "metrics.json").get("summary")
+    return {"path": str(b.path), "id": b.id, "status": outcome.status, "reason": outcome.reason,
+            "exit_code": outcome.exit_code, "summary": summary or None}
 
 
 def _print_dry_run(plan: plan_mod.Plan, as_json: bool) -> None:

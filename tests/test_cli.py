@@ -151,6 +151,20 @@ def test_status_verify_and_show_json(tmp_path):
     assert proc.returncode == 1 and not v["ok"] and any("metrics.json" in p for p in v["bundles"][0]["problems"])
 
 
+def test_status_of_a_batch_run_asks_the_job_manager(tmp_path, pjm_standins):
+    """A submitted PJM job the job manager no longer lists (pjstat is tests/standins' stand-in:
+    PJM does not exist off Fugaku): the state in words and in JSON, with the hint to collect."""
+    b = bundle_mod.Bundle.create(tmp_path, recipe="tiny", preset="tuned")
+    (b.path / "job").mkdir()
+    (b.path / "job" / "job.json").write_text(json.dumps({"launcher": "pjm", "job_id": "4242"}))
+    text = kit_cli("status", str(b.path), env=pjm_standins, check=True).stdout
+    assert f"{b.id}: running\npjm job 4242: unknown (pjstat no longer lists job 4242)" in text
+    assert f"run `kit collect {b.path}`" in text
+    st = json.loads(kit_cli("status", str(b.path), "--json", env=pjm_standins, check=True).stdout)
+    assert st["status"] == "running" and st["job"] == {"launcher": "pjm", "job_id": "4242", "state": "unknown",
+                                                       "reason": "pjstat no longer lists job 4242", "ended": True}
+
+
 def test_report_json_flag_is_format_json(tmp_path):
     make_bundle(tmp_path)
     a = kit_cli("report", str(tmp_path), "--json", check=True).stdout
