@@ -27,6 +27,7 @@ kit finalizes a bundle: the one that creates ``finalizer.json`` (:mod:`kit.claim
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import re
@@ -43,9 +44,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 import kit
-from kit import bundle_reader as reader, redact
-from kit.digest import sha256_chunks, sha256_file
+from kit import bundle_reader as reader, catalog, redact
 from kit.bundle_reader import BundleReadError
+from kit.digest import sha256_chunks, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -122,10 +123,21 @@ def dump_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=str) + "\n"
 
 
+def _id_name(name: str) -> str:
+    """A recipe or preset as it appears in an id: its name, or for a file given by path, the
+    file's stem and a short hash of the path as given (no directory ever enters an id)."""
+    if not catalog.is_path(name):
+        return name
+    return f"{Path(name).stem[:24]}-{hashlib.sha256(name.encode()).hexdigest()[:6]}"
+
+
 def new_id(recipe: str, preset: str, when: dt.datetime | None = None) -> str:
+    """``<time>_<recipe>_<preset>_<random>``, e.g. ``20261203-142947_tiny_boost+tcmalloc_fc5aaa``:
+    from names only (``preset`` is a composition ``a+b``; a part given by path becomes
+    ``stem-<hash>``), in safe characters (letters, digits, ``._+-``), unique by the random tail."""
     when = when or dt.datetime.now()
-    stem = _ID_SAFE.sub("-", f"{recipe}_{preset}")[:60]
-    return f"{when:%Y%m%d-%H%M%S}_{stem}_{secrets.token_hex(3)}"
+    names = f"{_id_name(recipe)}_{'+'.join(_id_name(p) for p in preset.split('+'))}"
+    return f"{when:%Y%m%d-%H%M%S}_{_ID_SAFE.sub('-', names)[:60]}_{secrets.token_hex(3)}"
 
 
 @dataclass

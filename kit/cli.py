@@ -9,18 +9,24 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 import yaml
+from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from kit import catalog, flops as flops_mod, plan as plan_mod, preset as preset_mod, recipe as recipe_mod
 from kit.errors import EXIT_USAGE, KitError
+from kit.results.cli import JsonOpt
+from kit.textsafe import terminal, terminal_tree
 
-app = typer.Typer(help="kit: reproducible LLM training sweeps on HPC systems (Fugaku/PJM, Slurm, workstations).",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+if TYPE_CHECKING:
+    from kit.outcome import Outcome
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)  # help: _root's docstring
 recipes_app = typer.Typer(help="Pinned training recipes (recipes/*.yaml).", no_args_is_help=True)
 presets_app = typer.Typer(help="Machine-setting presets (env/*.yaml).", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
@@ -28,6 +34,43 @@ app.add_typer(presets_app, name="presets")
 
 console = Console(stderr=False)
 err = Console(stderr=True)
+
+
+def _print_json(data: object, *, one_line: bool = False) -> None:
+    print(json.dumps(data, default=str, indent=None if one_line else 2))
+
+
+def versions() -> dict[str, str | None]:
+    """The kit's, Python's, torch's and DeepSpeed's versions (None: not installed), read from
+    the installed packages' metadata: nothing heavy is imported."""
+    import platform
+    from importlib import metadata
+
+    import kit
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"kit": kit.__version__, "python": platform.python_version(), "torch": dist("torch"),
+            "deepspeed": dist("deepspeed")}
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        v = versions()
+        others = ", ".join(f"{label} {v[k] or 'not installed'}"
+                           for k, label in (("python", "Python"), ("torch", "torch"), ("deepspeed", "DeepSpeed")))
+        print(f"kit {v['kit']} ({others})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                help="print the kit's, Python's, torch's and DeepSpeed's versions")] = False):
+    """kit: reproducible LLM training sweeps on HPC systems (Fugaku/PJM, Slurm, workstations)."""
 
 
 def _register_optional(module: str, name: str) -> None:
@@ -43,10 +86,21 @@ def _register_optional(module: str, name: str) -> None:
     app.add_typer(mod.app, name=name)
 
 
+def _recipe_names(incomplete: str) -> list[str]:
+    """Shell completion: the recipes on the search path."""
+    return [n for n in catalog.available("recipe") if n.startswith(incomplete)]
+
+
+def _preset_names(incomplete: str) -> list[str]:
+    """Shell completion: the presets on the search path."""
+    return [n for n in catalog.available("preset") if n.startswith(incomplete)]
+
+
 @app.command()
 def run(
-    recipe: Annotated[str, typer.Argument(help="recipe name or path")] = recipe_mod.DEFAULT_RECIPE,
-    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right")] = None,
+    recipe: Annotated[str, typer.Argument(help="recipe name or path", autocompletion=_recipe_names)] = recipe_mod.DEFAULT_RECIPE,
+    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right",
+                                                        autocompletion=_preset_names)] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: key=value (recorded)")] = None,
     launcher: Annotated[str, typer.Option(help="local | mpirun | srun | slurm | pjm")] = "local",
     runtime: Annotated[Optional[str], typer.Option(help="host | podman | docker | singularity | apptainer")] = None,
@@ -60,6 +114,8 @@ def run(
     wait: Annotated[bool, typer.Option(help="batch launchers: wait for the job and finalize the bundle")] = False,
     force: Annotated[bool, typer.Option(help="run combinations known to hang or fail anyway")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (and job script), run nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="progress to stderr; the result (bundle path, id, status, "
+                                                         "summary) as the last line of stdout, in JSON")] = False,
 ):
     """Run a recipe under presets, watch it, and write a result bundle."""
     from kit import runner
@@ -69,23 +125,39 @@ def run(
                             job=plan_mod.JobOptions(time_limit=time_limit, queue=queue, account=account,
                                                     llio=llio or [], wait=wait))
     if dry_run:
-        _print_dry_run(plan)
+        _print_dry_run(plan, as_json)
         return
-    outcome = runner.run(plan, out, console)
+    outcome = runner.run(plan, out, err if as_json else console)
+    if as_json:
+        _print_json(_run_result(outcome), one_line=True)
     raise typer.Exit(outcome.exit_code)
 
 
-def _print_dry_run(plan: plan_mod.Plan) -> None:
-    from kit import launchers
+def _run_result(outcome: Outcome) -> dict:
+    """``kit run --json``'s line: the bundle's path, id, status and metrics summary (read back
+    from the bundle when the outcome does not carry it: a batch job waited for)."""
+    from kit import bundle as bundle_mod
 
-    from kit import known_bad
+    b = outcome.bundle
+    summary = outcome.summary
+    if not summary and (b.path / "metrics.json").is_file():
+        summary = bundle_mod.load_json(b.path, "metrics.json").get("summary")
+    return {"path": str(b.path), "id": b.id, "status": outcome.status, "reason": outcome.reason,
+            "exit_code": outcome.exit_code, "summary": summary or None}
+
+
+def _print_dry_run(plan: plan_mod.Plan, as_json: bool) -> None:
+    from kit import known_bad, launchers
 
     launcher = launchers.get(plan.launcher)
-    known_bad.warn(plan, console)
-    if launcher.batch:
-        console.print(launcher.render(plan, Path("results") / "<bundle-id>"), highlight=False, markup=False, soft_wrap=True)
-        return
-    console.print_json(json.dumps(plan.summary(), default=str))
+    known_bad.warn(plan, err if as_json else console)
+    script = launcher.render(plan, Path("results") / "<bundle-id>") if launcher.batch else None
+    if as_json:
+        _print_json({"plan": plan.summary(), "script": script}, one_line=True)
+    elif script is not None:
+        console.print(script, highlight=False, markup=False, soft_wrap=True)
+    else:
+        console.print_json(json.dumps(plan.summary(), default=str))
 
 
 @app.command("job-run", hidden=True)
@@ -97,11 +169,30 @@ def job_run(bundle: Annotated[Path, typer.Argument(help="bundle directory made a
 
 
 @app.command()
-def status(bundle: Annotated[Path, typer.Argument(help="bundle directory of a batch run")]):
+def status(bundle: Annotated[Path, typer.Argument(help="bundle directory of a batch run")], as_json: JsonOpt = False):
     """A batch run's state: the bundle's status and, until it is final, the job manager's."""
     from kit.jobs import status as job_status
 
-    raise typer.Exit(job_status(bundle, console))
+    st = job_status(bundle)
+    if as_json:
+        _print_json(st)
+        return
+    console.print(_status_text(st), highlight=False, markup=False, soft_wrap=True)
+
+
+def _status_text(st: dict) -> str:
+    """The status as lines of text, every value from the bundle escaped for the terminal."""
+    st = terminal_tree(st)
+    line = f"{Path(st['path']).name}: {st['status']}" + (f": {st['reason']}" if st["reason"] else "")
+    job = st["job"]
+    if job is None:
+        return line
+    if job["state"] is None:  # the bundle is final: the job manager is not asked
+        return f"{line} ({job['launcher']} job {job['job_id']})"
+    text = f"{line}\n{job['launcher']} job {job['job_id']}: {job['state']}" + (f" ({job['reason']})" if job["reason"] else "")
+    if job["ended"]:
+        text += f"\nthe job has ended but the bundle is not finalized: run `kit collect {st['path']}`"
+    return text
 
 
 @app.command()
@@ -161,52 +252,112 @@ def flops(
                   f"Est. Aggr. PetaFLOPs {t.est_aggr_pflops:.4f}", highlight=False)
 
 
+def _table(*columns: str) -> Table:
+    """A catalog table: the name never wrapped, the source last and never cut."""
+    t = Table(box=box.SIMPLE_HEAD)
+    t.add_column(columns[0], no_wrap=True)
+    for c in columns[1:]:
+        t.add_column(c, min_width=len(c))
+    t.add_column("source", overflow="fold", min_width=14)
+    return t
+
+
 @recipes_app.command("list")
-def recipes_list():
-    """Recipes on the search path."""
-    t = Table("recipe", "model", "layout", "batch", "iters", "file")
-    for name in catalog.available("recipe"):
+def recipes_list(as_json: JsonOpt = False):
+    """Recipes on the search path: name, shape, layout, batch, iterations and where each comes from."""
+    rows = []
+    for name, path in catalog.entries("recipe").items():
         try:
-            r, path = recipe_mod.load(name)
+            r, _ = recipe_mod.load(name)
         except KitError as e:
-            t.add_row(name, f"[red]invalid: {e}[/]", "", "", "", "")
+            rows.append({"name": name, "source": catalog.source("recipe", path), "recipe": None, "error": str(e)})
             continue
+        rows.append({"name": name, "source": catalog.source("recipe", path), "recipe": r.model_dump(by_alias=True),
+                     "error": None})
+    if as_json:
+        _print_json(rows)
+        return
+    t = _table("recipe", "model", "layout", "batch", "iters")
+    for row in rows:
+        if row["error"]:
+            t.add_row(row["name"], Text(f"invalid: {row['error']}", style="red"), "", "", "", row["source"])
+            continue
+        r = recipe_mod.Recipe.model_validate(row["recipe"])
         m, p = r.model, r.parallel
-        t.add_row(name, f"L{m.layers} h{m.hidden} a{m.heads} s{m.seq}" + (" ckpt" if m.checkpoint_activations else ""),
+        t.add_row(Text(row["name"]), f"L{m.layers} h{m.hidden} a{m.heads} s{m.seq}" + (" ckpt" if m.checkpoint_activations else ""),
                   f"DP {p.dp or 'auto'} TP {p.tp} PP {p.pp} Z{p.zero}", f"{r.batch.micro}/{r.batch.global_batch}",
-                  str(r.train.iters), str(path))
+                  str(r.train.iters), Text(row["source"]))
     console.print(t)
 
 
 @recipes_app.command("show")
-def recipes_show(name: str, set_: Annotated[Optional[list[str]], typer.Option("--set")] = None):
-    """A recipe as resolved (with overrides)."""
+def recipes_show(name: Annotated[str, typer.Argument(help="recipe name or path", autocompletion=_recipe_names)],
+                 set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a value: key=value")] = None,
+                 as_json: JsonOpt = False):
+    """A recipe as resolved (with overrides), and the file it came from."""
     r, path = recipe_mod.load(name, set_ or [])
-    console.print(f"# {path}", highlight=False)
-    console.print(yaml.safe_dump(r.model_dump(by_alias=True), sort_keys=False), highlight=False, markup=False, soft_wrap=True)
+    data = r.model_dump(by_alias=True)
+    if as_json:
+        _print_json({"name": r.name, "source": catalog.source("recipe", path), "recipe": data})
+        return
+    console.print(f"# {catalog.source('recipe', path)}", highlight=False, markup=False)
+    console.print(yaml.safe_dump(data, sort_keys=False), highlight=False, markup=False, soft_wrap=True)
 
 
 @presets_app.command("list")
-def presets_list():
-    """Presets on the search path, as composed."""
-    t = Table("preset", "freq MHz", "allocator", "retention", "ranks/node", "threads")
-    for name in catalog.available("preset"):
+def presets_list(as_json: JsonOpt = False):
+    """Presets on the search path, as composed, and where each comes from."""
+    rows = []
+    for name, path in catalog.entries("preset").items():
         try:
             p, _ = preset_mod.load([name])
         except KitError as e:
-            t.add_row(name, f"[red]invalid: {e}[/]", "", "", "", "")
+            rows.append({"name": name, "source": catalog.source("preset", path), "preset": None, "error": str(e)})
             continue
-        t.add_row(name, str(p.freq_mhz or "-"), p.allocator or "-", str(p.retention_state if p.retention_state is not None else "-"),
-                  str(p.ranks_per_node or "layout"), str(p.threads_per_rank or "auto"))
+        rows.append({"name": name, "source": catalog.source("preset", path),
+                     "preset": p.model_dump(exclude={"extends"}), "error": None})
+    if as_json:
+        _print_json(rows)
+        return
+    t = _table("preset", "MHz", "allocator", "retention", "ranks/node", "threads")
+    for row in rows:
+        if row["error"]:
+            t.add_row(row["name"], Text(f"invalid: {row['error']}", style="red"), "", "", "", "", row["source"])
+            continue
+        p = row["preset"]
+        t.add_row(Text(row["name"]), str(p["freq_mhz"] or "-"), Text(p["allocator"] or "-"),
+                  str(p["retention_state"] if p["retention_state"] is not None else "-"),
+                  str(p["ranks_per_node"] or "layout"), str(p["threads_per_rank"] or "auto"), Text(row["source"]))
     console.print(t)
 
 
 @presets_app.command("show")
-def presets_show(names: Annotated[list[str], typer.Argument(help="one or more presets, composed left to right")]):
+def presets_show(names: Annotated[list[str], typer.Argument(help="one or more presets, composed left to right",
+                                                            autocompletion=_preset_names)],
+                 as_json: JsonOpt = False):
     """A preset (or a composition) fully resolved, and the files it came from."""
     p, files = preset_mod.load(names)
-    console.print("# composed from: " + ", ".join(str(f) for f in files), highlight=False)
-    console.print(yaml.safe_dump(p.model_dump(exclude={"extends"}), sort_keys=False), highlight=False, markup=False, soft_wrap=True)
+    sources = [catalog.source("preset", f) for f in files]
+    data = p.model_dump(exclude={"extends"})
+    if as_json:
+        _print_json({"names": names, "sources": sources, "preset": data})
+        return
+    console.print("# composed from: " + ", ".join(sources), highlight=False, markup=False)
+    console.print(yaml.safe_dump(data, sort_keys=False), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command("cli-reference", hidden=True)
+def cli_reference(write: Annotated[Optional[Path], typer.Option(help="replace the marked section of this file "
+                                                                     "(README.md) instead of printing")] = None):
+    """The command reference, as Markdown, from every command's own help (README.md's section)."""
+    from kit import clidoc
+
+    ref = clidoc.render(typer.main.get_command(app))
+    if write is None:
+        sys.stdout.write(ref)
+        return
+    changed = clidoc.write(write, ref)
+    err.print(f"{write}: command reference {'updated' if changed else 'already up to date'}", highlight=False, markup=False)
 
 
 _register_optional("kit.image.cli", "image")
@@ -220,7 +371,7 @@ def main() -> None:
     try:
         rc = app(standalone_mode=False)
     except KitError as e:
-        err.print(f"kit: error: {e}", highlight=False, markup=False, soft_wrap=True)
+        err.print(f"kit: error: {terminal(e)}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
     except typer.TyperException as e:  # bad CLI values (click's UsageError and kin), on one line
         ctx = getattr(e, "ctx", None)

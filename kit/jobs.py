@@ -287,25 +287,21 @@ def _refold_scheduler_files(bundle_dir: Path) -> bool:
     return True
 
 
-def status(bundle_dir: Path, console: Console) -> int:
-    """``kit status``: the bundle's status and, while it is not final, its job's state."""
+def status(bundle_dir: Path) -> dict[str, Any]:
+    """``kit status``: the bundle's status and, while it is not final, its job's state
+    (``job.state``/``reason``/``ended`` from the job manager; ``job`` is None for a run
+    that was not a batch job)."""
     bundle_dir = Path(bundle_dir)
     m = bundle_mod.read_manifest(bundle_dir)
-    job = _job(bundle_dir) if (bundle_dir / JOB_JSON).is_file() else None
-    line = f"{bundle_dir.name}: {m.status}" + (f": {m.reason}" if m.reason else "")
-    if job is None:
-        console.print(line, highlight=False, soft_wrap=True)
-        return 0
-    if m.status in FINAL_STATUSES:
-        console.print(f"{line} ({job['launcher']} job {job['job_id']})", highlight=False, soft_wrap=True)
-        return 0
-    st = launchers.get(job["launcher"]).poll(job["job_id"])
-    console.print(f"{line}\n{job['launcher']} job {job['job_id']}: {st.state}" + (f" ({st.reason})" if st.reason else ""),
-                  highlight=False, soft_wrap=True)
-    if st.ended:
-        console.print(f"the job has ended but the bundle is not finalized: run `kit collect {bundle_dir}`",
-                      highlight=False, soft_wrap=True)
-    return 0
+    out: dict[str, Any] = {"path": str(bundle_dir), "id": m.id, "status": m.status, "reason": m.reason, "job": None}
+    if not (bundle_dir / JOB_JSON).is_file():
+        return out
+    job = _job(bundle_dir)
+    out["job"] = {"launcher": job["launcher"], "job_id": job["job_id"], "state": None, "reason": None, "ended": None}
+    if m.status not in FINAL_STATUSES:
+        st = launchers.get(job["launcher"]).poll(job["job_id"])
+        out["job"].update(state=st.state, reason=st.reason or None, ended=st.ended)
+    return out
 
 
 def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None):

@@ -20,17 +20,19 @@ from rich.console import Console
 from kit import bundle as bundle_mod
 from kit.errors import EXIT_FAILED, EXIT_OK, KitError
 from kit.results import VerificationFailed
+from kit.textsafe import terminal
 
 bundle_app = typer.Typer(help="Result bundles: pack to one .tar.gz, verify, import safely, show.",
                          no_args_is_help=True)
 out = Console(stderr=False, soft_wrap=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON (schema: README.md, JSON output)")]
 err = Console(stderr=True, soft_wrap=True)
 
 
 def _problems(e: VerificationFailed) -> None:
-    err.print(f"kit: {e.what}", highlight=False, markup=False)
+    err.print(terminal(f"kit: {e.what}"), highlight=False, markup=False)
     for p in e.problems:
-        print(p, file=sys.stderr)
+        print(terminal(p), file=sys.stderr)
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -70,28 +72,35 @@ def pack_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
 
 @bundle_app.command("verify")
 def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories, .tar.gz archives or results directories")],
-               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None):
+               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None,
+               as_json: JsonOpt = False):
     """Check the schema, the final status and every checksum; print each problem, naming the file."""
     from kit.results import archive
 
     lim = _limits(max_archive_mib, max_member_mib, max_total_mib)
-    bad = 0
+    results: list[dict] = []
     for p in paths:
         try:
             verdicts = archive.verify_path(p, lim)
         except VerificationFailed as e:
-            for line in e.problems:
-                print(line, file=sys.stderr)
-            bad += 1
+            results.append({"path": str(p), "ok": False, "status": None, "problems": list(e.problems)})
+            if not as_json:
+                for line in e.problems:
+                    print(terminal(line), file=sys.stderr)
             continue
         for v in verdicts:
+            results.append({"path": str(v.path), "ok": v.ok, "status": v.status, "problems": list(v.problems)})
+            if as_json:
+                continue
             if v.ok:
-                out.print(f"ok: {v.path} ({v.status})", highlight=False, markup=False)
+                out.print(terminal(f"ok: {v.path} ({v.status})"), highlight=False, markup=False)
             else:
-                bad += 1
                 for line in v.problems:
-                    print(line, file=sys.stderr)
-                err.print(f"FAILED: {v.path}: {len(v.problems)} problem(s)", highlight=False, markup=False)
+                    print(terminal(line), file=sys.stderr)
+                err.print(terminal(f"FAILED: {v.path}: {len(v.problems)} problem(s)"), highlight=False, markup=False)
+    bad = sum(not r["ok"] for r in results)
+    if as_json:
+        print(json.dumps({"ok": not bad, "bundles": results}, indent=2))
     raise typer.Exit(EXIT_FAILED if bad else EXIT_OK)
 
 
@@ -111,7 +120,7 @@ def import_cmd(archive_file: Annotated[Path, typer.Argument(metavar="FILE", help
 
 @bundle_app.command("show")
 def show_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
-             as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False):
+             as_json: JsonOpt = False):
     """A bundle's summary: status, what ran, the table row, the settings and the verification."""
     from kit.results import show
 
@@ -125,6 +134,7 @@ def show_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
 
 def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories or results directories")],
                fmt: Annotated[str, typer.Option("--format", "-f", help="markdown | csv | json")] = "markdown",
+               as_json: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
                plot: Annotated[Optional[Path], typer.Option(help="write PNG charts (sec/it, TFLOPs, memory) here")] = None,
                output: Annotated[Optional[Path], typer.Option("--out", "-o", help="write the report to this file")] = None):
     """The sweep table (fugaku-config-sweep.md's columns), grouped by model size and sequence length."""
@@ -132,7 +142,7 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
     from kit.results import report
 
     rep = report.build(paths)
-    text = report.render(rep, fmt)
+    text = report.render(rep, "json" if as_json else fmt)
     if output:
         atomic_write(output, text)
         err.print(f"report: {output}", highlight=False, markup=False)
@@ -150,7 +160,7 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
 
 def compare_cmd(a: Annotated[Path, typer.Argument(help="bundle A")], b: Annotated[Path, typer.Argument(help="bundle B")],
                 show_all: Annotated[bool, typer.Option("--all", help="list identical sections too")] = False,
-                as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False):
+                as_json: JsonOpt = False):
     """What differs between two bundles (plan, settings, image, packages, hardware, environment) and how each metric moved."""
     from kit.results import compare, store
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kit.results.humanize import setting_text, value_text
 from kit.results.store import BundleDocs
+from kit.textsafe import terminal
 
 METRICS = ("sec_per_iter", "sec_per_iter_min", "sec_per_iter_max", "tflops", "tflops_per_rank", "est_aggr_pflops",
            "samples_per_sec", "tokens_per_sec", "peak_mem_mib", "final_loss", "iterations_timed", "duration_s")
@@ -84,23 +86,9 @@ def _get(d: dict[str, Any] | None, dotted: str) -> Any:
     return node
 
 
-def _setting_text(s: dict[str, Any] | None) -> str:
-    if not s:
-        return "-"
-    if s.get("status") == "not-requested":
-        return "not requested"
-    text = f"{s.get('requested')} ({s.get('status')}"
-    if s.get("applied_by"):
-        text += f" by {s['applied_by']}"
-    text += ")"
-    seen = s.get("seen")
-    if isinstance(seen, dict) and "mhz" in seen:
-        seen = seen.get("mhz")
-    if seen not in (None, {}, ""):
-        text += f", seen {seen}"
-    if s.get("verified") is not None:
-        text += ", verified" if s["verified"] else ", NOT verified"
-    return text
+def _number(x: Any) -> float | None:
+    """A metric as a number; anything else a bundle holds there (a string, a list) is no figure."""
+    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
 def _packages(sw: dict[str, Any]) -> dict[str, str]:
@@ -127,7 +115,7 @@ def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
     sa = {s["name"]: s for s in _get(pa, "plan.settings") or []}
     sb = {s["name"]: s for s in _get(pb, "plan.settings") or []}
     for name in list(dict.fromkeys([*sa, *sb])):
-        add("settings", name, _setting_text(sa.get(name)), _setting_text(sb.get(name)))
+        add("settings", name, setting_text(sa.get(name)), setting_text(sb.get(name)))
     ra, rb = pa.get("runtime") or {}, pb.get("runtime") or {}
     for k in dict.fromkeys([*ra, *rb]):
         add("image", k, ra.get(k), rb.get(k))
@@ -155,13 +143,12 @@ def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
     ma, mb = a.metrics.get("summary") or {}, b.metrics.get("summary") or {}
     for k in METRICS:
         if k in ma or k in mb:
-            c.metrics.append(MetricDelta(k, ma.get(k), mb.get(k)))
+            c.metrics.append(MetricDelta(k, _number(ma.get(k)), _number(mb.get(k))))
     return c
 
 
 def _v(x: Any, width: int = 72) -> str:
-    s = "-" if x is None else (", ".join(map(str, x)) if isinstance(x, list) else str(x))
-    s = s.replace("\n", " ")
+    s = terminal(value_text(x))
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
@@ -172,7 +159,7 @@ def _num(x: float | None) -> str:
 
 
 def render(c: Comparison, show_all: bool = False) -> str:
-    lines = [f"A: {c.a.id} ({c.a.status})  {c.a.path}", f"B: {c.b.id} ({c.b.status})  {c.b.path}", ""]
+    lines = [terminal(f"{x}: {d.id} ({d.status})  {d.path}") for x, d in (("A", c.a), ("B", c.b))] + [""]
     lines.append("== metrics (B vs A)")
     lines.append(f"  {'metric':<18} {'A':>12} {'B':>12} {'change':>12} {'%':>8}")
     for m in c.metrics:
@@ -188,9 +175,9 @@ def render(c: Comparison, show_all: bool = False) -> str:
                 lines.append(f"== {section}: identical ({n_same} item(s))")
             continue
         lines.append(f"== {section}: {len(ds)} difference(s)" + (f", {n_same} identical" if n_same else ""))
-        w = max(len(d.key) for d in ds)
+        w = max(len(terminal(d.key)) for d in ds)
         for d in ds:
-            lines.append(f"  {d.key:<{w}}  A: {_v(d.a)}")
+            lines.append(f"  {terminal(d.key):<{w}}  A: {_v(d.a)}")
             lines.append(f"  {'':<{w}}  B: {_v(d.b)}")
     return "\n".join(lines) + "\n"
 

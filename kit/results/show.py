@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from kit import bundle as bundle_mod, table
-from kit.results import compare, store
+from kit.results import store
+from kit.results.humanize import setting_text, value_text
+from kit.textsafe import terminal_tree
 
 
 def summary(path: Path) -> dict[str, Any]:
@@ -28,7 +30,7 @@ def summary(path: Path) -> dict[str, Any]:
         "image_digest": (docs.provenance.get("runtime") or {}).get("digest"),
         "layout": {k: plan.get(k) for k in ("nodes", "ranks_per_node", "world_size", "dp", "tp", "pp", "micro_batch",
                                              "global_batch", "threads_per_rank")},
-        "settings": {st["name"]: compare._setting_text(st) for st in plan.get("settings", [])},
+        "settings": {st["name"]: setting_text(st) for st in plan.get("settings", [])},
         "metrics": {k: s.get(k) for k in ("sec_per_iter", "tflops", "est_aggr_pflops", "samples_per_sec",
                                            "tokens_per_sec", "peak_mem_mib", "final_loss", "iterations_logged",
                                            "duration_s")},
@@ -42,8 +44,11 @@ def summary(path: Path) -> dict[str, Any]:
 
 
 def render(s: dict[str, Any]) -> str:
+    """The summary as text; every string from the bundle escaped for the terminal."""
+    s = terminal_tree(s)
+
     def kv(d: dict[str, Any]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in d.items() if v is not None)
+        return ", ".join(f"{k} {value_text(v)}" for k, v in d.items() if v is not None)
 
     lines = [f"bundle   {s['id']}", f"path     {s['path']}",
              f"status   {s['status']}" + (f": {s['reason']}" if s["reason"] else ""),
@@ -59,7 +64,7 @@ def render(s: dict[str, Any]) -> str:
         lines.append(f"sweep    {s['sweep'].get('sweep')} point {s['sweep'].get('key')} ({s['sweep'].get('layout')})")
     lines.append("settings")
     lines += [f"  {k:<17} {v}" for k, v in s["settings"].items()]
-    lines.append("metrics  " + kv({k: (float(f"{v:.5g}") if isinstance(v, float) else v) for k, v in s["metrics"].items()}))
+    lines.append("metrics  " + kv(s["metrics"]))
     lines += ["row", table.HEADER, s["row"]]
     lines.append(f"files    {s['files']} ({s['bytes'] / 1024:.1f} KiB), "
                  + ("verified: every checksum matches" if s["verified"] else f"DOES NOT VERIFY ({len(s['problems'])} problem(s))"))
