@@ -7,6 +7,7 @@ Exit codes: 0 ok; 1 the run failed; 2 bad input (one line on stderr, nothing ran
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -238,8 +239,9 @@ def flops(
                     ("--global-batch", global_batch), ("--tp", tp), ("--world-size", world_size), ("--nodes", nodes)):
         if v <= 0:
             raise KitError(f"{name} {v} must be positive", where=name, fix="give a positive integer")
-    if sec_per_iter <= 0:
-        raise KitError(f"--sec-per-iter {sec_per_iter} must be positive", where="--sec-per-iter", fix="give the measured seconds")
+    if not math.isfinite(sec_per_iter) or sec_per_iter <= 0:
+        raise KitError(f"--sec-per-iter {sec_per_iter} must be a positive finite number", where="--sec-per-iter",
+                       fix="give the measured seconds")
     t = flops_mod.throughput(layers=layers, hidden=hidden, seq=seq, vocab=vocab, global_batch=global_batch,
                              sec_per_iter=sec_per_iter, checkpoint_activations=checkpoint_activations, tp=tp,
                              world_size=world_size, ranks_per_node=ranks_per_node, nodes=nodes)
@@ -384,6 +386,11 @@ def main() -> None:
     except typer.Abort:
         err.print("kit: aborted", highlight=False)
         sys.exit(130)
+    except OSError as e:  # a path given on the command line that cannot be written or read (--out /proc/x)
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"kit: error: {terminal(where)}{e.strerror or e}; pass a directory you can write to",
+                  highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -28,6 +28,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise KitError(f"cannot read: {e}", where=str(path)) from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise KitError("YAML nested too deeply", where=str(path), fix="a recipe or preset is a flat mapping") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         loc = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)

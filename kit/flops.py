@@ -13,6 +13,7 @@ Source: Megatron-DeepSpeed ``megatron/utils.py`` and the sweep's sibling files; 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -50,8 +51,8 @@ def throughput(
     ranks_per_node: int | None = None, nodes: int = 1,
 ) -> Throughput:
     """All of the table's throughput columns from a shape, a layout and a measured sec/it."""
-    if sec_per_iter <= 0:
-        raise ValueError("sec_per_iter must be positive")
+    if not math.isfinite(sec_per_iter) or sec_per_iter <= 0:
+        raise ValueError("sec_per_iter must be a positive finite number")
     if ranks_per_node is None:
         ranks_per_node = max(1, world_size // max(1, nodes))
     F = flops_per_iteration(

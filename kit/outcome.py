@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from kit import bundle as bundle_mod, table
 from kit.bundle import Bundle
 from kit.errors import run_exit_code
+from kit.textsafe import terminal
 
 
 @dataclass
@@ -40,5 +42,6 @@ def print_result(out: Outcome, console: Console, rowtext: str | None = None) -> 
     console.print(table.HEADER, highlight=False, markup=False, soft_wrap=True)
     console.print(rowtext, highlight=False, markup=False, soft_wrap=True)
     colour = {"ok": "green", "failed": "red", "stalled": "yellow", "interrupted": "yellow"}.get(out.status, "white")
-    console.print(f"[{colour}]{out.status}[/]{': ' + out.reason if out.reason else ''}", highlight=False)
-    console.print(f"bundle: {b.path}", highlight=False, soft_wrap=True)
+    reason = f": {escape(terminal(out.reason))}" if out.reason else ""
+    console.print(f"[{colour}]{out.status}[/]{reason}", highlight=False)
+    console.print(f"bundle: {terminal(str(b.path))}", highlight=False, markup=False, soft_wrap=True)

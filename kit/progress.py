@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from kit.logparse import IterationRecord
@@ -29,9 +30,9 @@ class ProgressView:
                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=self.console, transient=False,
                 refresh_per_second=2)  # elapsed time ticks in seconds; fewer redraws, less CPU
             self._progress.__enter__()
-            self._task = self._progress.add_task(self.label, total=self.total, stats="starting ranks…")
+            self._task = self._progress.add_task(escape(self.label), total=self.total, stats="starting ranks…")
         else:
-            self.console.print(f"{self.label}: starting ranks…")
+            self.console.print(f"{self.label}: starting ranks…", markup=False, highlight=False)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -40,9 +41,9 @@ class ProgressView:
 
     def status(self, text: str) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, stats=text)
+            self._progress.update(self._task, stats=escape(text))
         else:
-            self.console.print(f"{self.label}: {text}")
+            self.console.print(f"{self.label}: {text}", markup=False, highlight=False)
 
     def update(self, rec: IterationRecord) -> None:
         if rec.elapsed_s is not None and rec.iteration > self.warmup:
