@@ -35,25 +35,18 @@ def _problems(e: VerificationFailed) -> None:
     raise typer.Exit(EXIT_FAILED)
 
 
-def _limits(max_archive_mib: float | None, max_member_mib: float | None, max_total_mib: float | None):
-    from dataclasses import replace
-
-    from kit.results import archive
-
-    lim = archive._env_limits()
-    mib = archive.MiB
-    if max_archive_mib is not None:
-        lim = replace(lim, max_archive=int(max_archive_mib * mib))
-    if max_member_mib is not None:
-        lim = replace(lim, max_member=int(max_member_mib * mib))
-    if max_total_mib is not None:
-        lim = replace(lim, max_total=int(max_total_mib * mib))
-    return lim
-
-
 MaxArchive = Annotated[Optional[float], typer.Option("--max-archive-mib", help="refuse archives larger than this")]
 MaxMember = Annotated[Optional[float], typer.Option("--max-member-mib", help="refuse any file larger than this")]
 MaxTotal = Annotated[Optional[float], typer.Option("--max-total-mib", help="refuse bundles larger than this in all")]
+MaxMembers = Annotated[Optional[int], typer.Option("--max-members", help="refuse archives with more members")]
+MaxRatio = Annotated[Optional[float], typer.Option("--max-ratio", help="refuse archives that inflate more than this many times")]
+MaxSeconds = Annotated[Optional[float], typer.Option("--max-seconds", help="give up reading an archive after this long")]
+
+
+def _limits(**given):
+    from kit.results import archive
+
+    return archive.resolve_limits(**{k.removesuffix("_mib"): v for k, v in given.items()})
 
 
 @bundle_app.command("pack")
@@ -72,11 +65,13 @@ def pack_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
 @bundle_app.command("verify")
 def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories, .tar.gz archives or results directories")],
                max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None,
+               max_members: MaxMembers = None, max_ratio: MaxRatio = None, max_seconds: MaxSeconds = None,
                as_json: JsonOpt = False):
     """Check the schema, the final status and every checksum; print each problem, naming the file."""
     from kit.results import archive
 
-    lim = _limits(max_archive_mib, max_member_mib, max_total_mib)
+    lim = _limits(max_archive_mib=max_archive_mib, max_member_mib=max_member_mib, max_total_mib=max_total_mib,
+                  max_members=max_members, max_ratio=max_ratio, max_seconds=max_seconds)
     results: list[dict] = []
     for p in paths:
         try:
@@ -106,12 +101,15 @@ def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
 @bundle_app.command("import")
 def import_cmd(archive_file: Annotated[Path, typer.Argument(metavar="FILE", help="a .tar.gz written by `kit bundle pack`")],
                into: Annotated[Path, typer.Option(help="results directory to import into")] = Path("results"),
-               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None):
-    """Extract an archive safely (no links, devices, absolute or .. paths, size caps) and verify it."""
+               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None,
+               max_members: MaxMembers = None, max_ratio: MaxRatio = None, max_seconds: MaxSeconds = None):
+    """Extract an archive safely (no links, devices, absolute or .. paths; size, count, ratio and time caps) and verify it."""
     from kit.results import archive
 
+    lim = _limits(max_archive_mib=max_archive_mib, max_member_mib=max_member_mib, max_total_mib=max_total_mib,
+                  max_members=max_members, max_ratio=max_ratio, max_seconds=max_seconds)
     try:
-        path = archive.import_archive(archive_file, into, _limits(max_archive_mib, max_member_mib, max_total_mib))
+        path = archive.import_archive(archive_file, into, lim)
     except VerificationFailed as e:
         _problems(e)
     out.print(f"imported: {path}", highlight=False, markup=False)
