@@ -41,6 +41,8 @@ from kit import catalog
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+#: the signature over the manifest (kit.signing); outside the manifest, which it signs
+SIGNATURE = "signature.json"
 Status = Literal["running", "ok", "failed", "stalled", "interrupted", "submitted"]
 FINAL_STATUSES = ("ok", "failed", "stalled", "interrupted")
 REQUIRED_FILES = ("metrics.json", "provenance.json", "recipe.yaml", "preset.yaml")
@@ -206,7 +208,7 @@ def checksum_tree(root: Path) -> dict[str, tuple[str, int]]:
     for p in sorted(root.rglob("*")):
         if p.is_file() and not p.is_symlink():
             rel = p.relative_to(root).as_posix()
-            if rel == MANIFEST or p.name.endswith(".tmp") and p.name.startswith("."):
+            if rel in (MANIFEST, SIGNATURE) or p.name.endswith(".tmp") and p.name.startswith("."):
                 continue
             out[rel] = sha256_file(p)
     return out
@@ -258,7 +260,7 @@ def verify(path: Path) -> Verdict:
         return v
     if m.id != path.name:
         v.problems.append(f"{mpath}: id {m.id!r} does not match the directory name {path.name!r}")
-    actual = {p.relative_to(path).as_posix() for p in path.rglob("*") if (p.is_file() or p.is_symlink())} - {MANIFEST}
+    actual = {p.relative_to(path).as_posix() for p in path.rglob("*") if (p.is_file() or p.is_symlink())} - {MANIFEST, SIGNATURE}
     for rel in sorted(set(m.files) - actual):
         v.problems.append(f"{path / rel}: listed in the manifest but missing")
     for rel in sorted(actual - set(m.files)):

@@ -1,8 +1,9 @@
 """Packing a bundle into one ``.tar.gz``, and importing one safely.
 
 ``pack(dir)`` refuses a bundle that does not verify (a tampered or unfinished bundle is not
-passed around), then writes ``<id>.tar.gz`` atomically: every member under ``<id>/``, plain
-files and directories only, owner and mode normalized.
+passed around, nor one whose signature is bad), then writes ``<id>.tar.gz`` atomically: every
+member under ``<id>/`` (``signature.json`` too, when signed), plain files and directories
+only, owner and mode normalized.
 
 ``import_archive(file, into)`` trusts nothing in the archive. It reads it with its own
 bounded tar reader (:mod:`kit.results.tarstream`, not :mod:`tarfile`), so every limit holds
@@ -18,7 +19,8 @@ before the bytes it guards are read or inflated, whatever the Python version:
 - members are written into a temporary directory *inside* the target
   (``into/.import-XXXX``), each file created exclusively, never through a link;
 - the extracted bundle is verified (:func:`kit.bundle.verify`: schema, final status, every
-  checksum, no extra files); a bundle that does not verify is removed and refused;
+  checksum, no extra files; and its signature, :mod:`kit.signing`: a bad one is refused, and
+  with trusted keys given, an unsigned or untrusted one too); one that fails is removed;
 - it is renamed into place under a lock (``into/.kit-import.lock``); an existing
   ``into/<id>`` is never replaced.
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
-from kit import bundle as bundle_mod
+from kit import bundle as bundle_mod, signing
 from kit.errors import KitError
 from kit.results import VerificationFailed, tarstream
 
@@ -103,6 +105,9 @@ def pack(bundle_dir: Path, out: Path | None = None) -> Path:
     v = bundle_mod.verify(bundle_dir)
     if not v.ok:
         raise VerificationFailed(f"{bundle_dir}: not packed, the bundle does not verify", v.problems)
+    sig = signing.check(bundle_dir)
+    if sig.state == "bad":
+        raise VerificationFailed(f"{bundle_dir}: not packed, the signature does not verify", [sig.problem(bundle_dir)])
     m = bundle_mod.read_manifest(bundle_dir)
     if out is None:
         target = bundle_dir.parent / f"{m.id}.tar.gz"
@@ -111,7 +116,7 @@ def pack(bundle_dir: Path, out: Path | None = None) -> Path:
     else:
         target = out
     target.parent.mkdir(parents=True, exist_ok=True)
-    names = [bundle_mod.MANIFEST, *sorted(m.files)]
+    names = [bundle_mod.MANIFEST, *([bundle_mod.SIGNATURE] if sig.state != "unsigned" else []), *sorted(m.files)]
     dirs = sorted({str(PurePosixPath(n).parent) for n in names} - {"."})
     all_dirs = sorted({str(p) for d in dirs for p in [PurePosixPath(d), *PurePosixPath(d).parents] if str(p) != "."})
     with bundle_mod.atomic_file(target) as f, tarfile.open(fileobj=f, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
@@ -267,14 +272,28 @@ def _relabel(problems: list[str], real: Path, shown: str) -> list[str]:
     return [p.replace(str(real), shown) for p in problems]
 
 
-def verify_archive(archive: Path, limits: Limits | None = None) -> bundle_mod.Verdict:
+Checked = tuple[bundle_mod.Verdict, signing.SignatureCheck]
+
+
+def verify_signed(root: Path, trust: signing.Trust | None = None, shown: str | None = None) -> Checked:
+    """:func:`kit.bundle.verify` plus the signature (a bad one, or an unsigned or untrusted one
+    when ``trust`` is given, is one more problem); problems name ``shown`` instead of ``root``."""
+    v = bundle_mod.verify(root)
+    sig = signing.check(root, trust)
+    if (problem := sig.problem(root)) is not None:
+        v.problems.append(problem)
+    if shown is not None:
+        v.problems = _relabel(v.problems, root, shown)
+    return v, sig
+
+
+def verify_archive(archive: Path, limits: Limits | None = None, trust: signing.Trust | None = None) -> Checked:
     """Extract (checked) into a private temporary directory and verify; problems name ``archive:<id>/file``."""
     with tempfile.TemporaryDirectory(prefix="kit-verify-") as tmp:
         root = extract_checked(archive, Path(tmp), limits)
-        v = bundle_mod.verify(root)
-        v.problems = _relabel(v.problems, root, f"{archive}:{root.name}")
+        v, sig = verify_signed(root, trust, f"{archive}:{root.name}")
         v.path = archive
-        return v
+        return v, sig
 
 
 @contextmanager
@@ -290,8 +309,10 @@ def results_lock(into: Path, name: str = IMPORT_LOCK) -> Iterator[None]:
         os.close(fd)
 
 
-def import_archive(archive: Path, into: Path, limits: Limits | None = None) -> Path:
-    """Safely extract and verify ``archive`` into ``into/<id>``; return that path."""
+def import_archive(archive: Path, into: Path, limits: Limits | None = None,
+                   trust: signing.Trust | None = None) -> Path:
+    """Safely extract and verify ``archive`` into ``into/<id>``; return that path. A bad
+    signature is refused; with ``trust``, so is a bundle not signed by a trusted key."""
     into.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=into, prefix=".import-"))
     try:
@@ -299,10 +320,9 @@ def import_archive(archive: Path, into: Path, limits: Limits | None = None) -> P
         if (into / root.name).exists():
             raise KitError(f"bundle {root.name} already exists in {into}", where=str(archive),
                            fix=f"it was imported before; compare with `kit bundle verify {into / root.name}`")
-        v = bundle_mod.verify(root)
+        v, _ = verify_signed(root, trust, f"{archive}:{root.name}")
         if not v.ok:
-            raise VerificationFailed(f"{archive}: refused, the bundle does not verify",
-                                     _relabel(v.problems, root, f"{archive}:{root.name}"))
+            raise VerificationFailed(f"{archive}: refused, the bundle does not verify", v.problems)
         with results_lock(into):
             final = into / root.name
             if final.exists():
@@ -314,17 +334,17 @@ def import_archive(archive: Path, into: Path, limits: Limits | None = None) -> P
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def verify_path(path: Path, limits: Limits | None = None) -> list[bundle_mod.Verdict]:
-    """Verify a bundle directory, an archive, or every bundle under a results directory."""
+def verify_path(path: Path, limits: Limits | None = None, trust: signing.Trust | None = None) -> list[Checked]:
+    """Verify a bundle directory, an archive, or every bundle under a results directory (with signatures)."""
     from kit.results import store
 
     if path.is_file():
-        return [verify_archive(path, limits)]
+        return [verify_archive(path, limits, trust)]
     if not path.exists():
         raise KitError("no such file or directory", where=str(path), fix="name a bundle, a .tar.gz or a results directory")
     if store.is_bundle(path):
-        return [bundle_mod.verify(path)]
+        return [verify_signed(path, trust)]
     found = store.find([path])
     if not found:
-        return [bundle_mod.verify(path)]  # says what is missing
-    return [bundle_mod.verify(p) for p in found]
+        return [verify_signed(path, trust)]  # says what is missing
+    return [verify_signed(p, trust) for p in found]
