@@ -70,10 +70,11 @@ def fingerprint(key: Ed25519PublicKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
-def _read_small(path: Path, cap: int, what: str) -> bytes:
-    """A regular file's bytes (never through a link, never a FIFO), at most ``cap``."""
+def _read_small(path: Path, cap: int, what: str, *, follow: bool = False) -> bytes:
+    """A regular file's bytes (never a FIFO or device), at most ``cap``; through a symbolic
+    link only with ``follow`` (the user's own key files, never a bundle's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
     except OSError as e:
         raise KitError(f"cannot read the {what} ({e.strerror})", where=str(path),
                        fix=f"name a readable {what} file") from None
@@ -98,7 +99,7 @@ def _passphrase(path: Path) -> bytes:
 
 def load_private_key(path: Path) -> Ed25519PrivateKey:
     """An Ed25519 private key from an OpenSSH (``ssh-keygen -t ed25519``) or PKCS#8 PEM file."""
-    data = _read_small(path, MAX_KEY_BYTES, "private key")
+    data = _read_small(path, MAX_KEY_BYTES, "private key", follow=True)
     loader = (serialization.load_ssh_private_key if b"BEGIN OPENSSH PRIVATE KEY" in data
               else serialization.load_pem_private_key)
     try:
@@ -188,7 +189,7 @@ def load_trusted(path: Path) -> Trust:
     keys: dict[str, TrustedKey] = {}
     for f in files:
         try:
-            text = _read_small(f, 1 << 20, "trusted keys").decode("utf-8")
+            text = _read_small(f, 1 << 20, "trusted keys", follow=True).decode("utf-8")
         except UnicodeDecodeError:
             raise KitError("not UTF-8 text", where=str(f), fix="a trusted-keys file holds ssh-ed25519 lines") from None
         for n, line in enumerate(text.splitlines(), 1):

@@ -265,8 +265,10 @@ def test_hostile_member_refused_and_nothing_written(packed, tmp_path, bid, kind)
     assert not Path("/tmp/kit-evil-abs").exists() and not (tmp_path / "kit-evil").exists()
 
 
-def test_damaged_archives(packed, tmp_path):
+def test_damaged_archives(packed, tmp_path, bid):
     raw = tc.tar_bytes(packed)
+    cut_pax = tc.members_of(packed) + tc.header("PaxHeader", size=600, kind=b"x")  # ends where its data begins
+    refused(tc.write(tmp_path / "cutpax.tar.gz", cut_pax), tmp_path, "truncated inside a PAX extended header")
     refused(tc.write(tmp_path / "trunc.tar.gz", raw[:4000]), tmp_path, "damaged archive: truncated")
     bad = bytearray(raw)
     bad[0] ^= 0x01  # the first header's checksum no longer matches

@@ -275,7 +275,10 @@ class TarReader:
     def _extended(self, size: int, what: str, cap: int) -> bytes:
         if size > cap:
             raise UnsafeArchive(f"a {what} of {size} bytes (the limit is {cap})")
-        data = self.stream.read(size + _padded(size)) if size else b""
+        want = size + _padded(size)
+        data = self.stream.read(want) if size else b""
+        if len(data) != want:
+            raise DamagedArchive(f"truncated inside a {what}")
         return data[:size]
 
     def __iter__(self) -> Iterator[Member]:
