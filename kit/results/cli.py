@@ -137,7 +137,7 @@ def sign_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
     from kit import signing
 
     sig = signing.sign(bundle, key)
-    out.print(f"signed: {bundle} ({sig.describe()})", highlight=False, markup=False)
+    out.print(terminal(f"signed: {bundle} ({sig.describe()})"), highlight=False, markup=False)
 
 
 @bundle_app.command("keygen")
@@ -147,8 +147,8 @@ def keygen_cmd(key: Annotated[Path, typer.Argument(metavar="KEYFILE", help="priv
     from kit import signing
 
     private, public, fp = signing.generate_key(key, comment)
-    out.print(f"private key: {private} (keep it; never put it in a bundle)\npublic key:  {public} ({fp})",
-              highlight=False, markup=False)
+    out.print(terminal(f"private key: {private} (keep it; never put it in a bundle)"), highlight=False, markup=False)
+    out.print(terminal(f"public key:  {public} ({fp})"), highlight=False, markup=False)
 
 
 @bundle_app.command("show")
