@@ -62,6 +62,9 @@ def test_keygen_sign_verify_with_trusted_keys(tmp_path):
     assert proc.returncode == 0 and f"signed by Me Myself ({fp})" in proc.stdout, proc.stderr
     proc = kit_cli("bundle", "verify", str(b), env={"KIT_TRUSTED_KEYS": str(trusted)}, timeout=120)
     assert proc.returncode == 0 and "signed by Me Myself" in proc.stdout
+    js = json.loads(kit_cli("bundle", "verify", str(b), "--trusted-keys", str(trusted), "--json", timeout=120).stdout)
+    sig = js["bundles"][0]["signature"]
+    assert js["ok"] and sig["state"] == "trusted" and sig["signer"] == "Me Myself" and sig["fingerprint"] == fp
 
 
 def test_unsigned_bundle(tmp_path, keys):
