@@ -50,6 +50,8 @@ from kit.digest import sha256_chunks, sha256_file
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+#: the signature over the manifest (kit.signing); outside the manifest, which it signs
+SIGNATURE = "signature.json"
 Status = Literal["running", "ok", "failed", "stalled", "interrupted", "submitted"]
 FINAL_STATUSES = ("ok", "failed", "stalled", "interrupted")
 REQUIRED_FILES = ("metrics.json", "provenance.json", "recipe.yaml", "preset.yaml")
@@ -298,7 +300,7 @@ def checksum_tree(root: Path) -> dict[str, tuple[str, int]]:
     special files are never followed or read)."""
     out = {}
     for rel, st in sorted(reader.entries(root)):
-        if stat.S_ISREG(st.st_mode) and rel != MANIFEST and not _is_temp(Path(rel).name):
+        if stat.S_ISREG(st.st_mode) and rel not in (MANIFEST, SIGNATURE) and not _is_temp(Path(rel).name):
             out[rel] = sha256_file(root / rel)
     return out
 
@@ -364,7 +366,7 @@ def verify(path: Path) -> Verdict:
             regular.add(rel)
         else:
             v.problems.append(f"{path / rel}: is {reader.kind(st.st_mode)}; bundles hold plain files only")
-    actual = regular - {MANIFEST}
+    actual = regular - {MANIFEST, SIGNATURE}
     for rel in sorted(set(m.files) - actual):
         if not (path / rel).is_symlink():
             v.problems.append(f"{path / rel}: listed in the manifest but missing")

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
-from kit import allocator, hostinfo, launchers, preset as preset_mod, recipe as recipe_mod, runtimes
+from kit import allocator, hostinfo, jobopts, launchers, preset as preset_mod, recipe as recipe_mod, runtimes
 from kit.errors import KitError
 from kit.preset import Preset
 from kit.recipe import Recipe, check_batch
@@ -33,11 +33,34 @@ class Setting(BaseModel):
 
 
 class JobOptions(BaseModel):
+    """What a batch job asks the scheduler for. Every value is checked against a strict format
+    when the object is built (:mod:`kit.jobopts`): it is written verbatim into the job script."""
     time_limit: str = "01:00:00"
     queue: str | None = Field(default=None, description="Slurm partition / PJM rscgrp")
     account: str | None = Field(default=None, description="Slurm account / PJM group (-g)")
     llio: list[str] = Field(default_factory=list, description="PJM --llio lines")
     wait: bool = False
+
+    # a KitError raised here is not wrapped by pydantic: exit 2, one line naming the option
+    @field_validator("time_limit")
+    @classmethod
+    def _time(cls, v: str) -> str:
+        return jobopts.check_time(v, "--time")
+
+    @field_validator("queue")
+    @classmethod
+    def _queue(cls, v: str | None) -> str | None:
+        return jobopts.check_identifier(v, "--queue")
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        return jobopts.check_identifier(v, "--account")
+
+    @field_validator("llio")
+    @classmethod
+    def _llio(cls, v: list[str]) -> list[str]:
+        return jobopts.check_llio(v, "--llio")
 
 
 class Plan(BaseModel):

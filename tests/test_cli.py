@@ -143,7 +143,9 @@ def test_status_verify_and_show_json(tmp_path):
     st = json.loads(kit_cli("status", str(a), "--json", check=True).stdout)
     assert st == {"path": str(a), "id": a.name, "status": "ok", "reason": "", "job": None}
     v = json.loads(kit_cli("bundle", "verify", str(a), "--json", check=True).stdout)
-    assert v == {"ok": True, "bundles": [{"path": str(a), "ok": True, "status": "ok", "problems": []}]}
+    unsigned = {"state": "unsigned", "fingerprint": None, "signer": None, "signed_at": None, "detail": None}
+    assert v == {"ok": True, "bundles": [{"path": str(a), "ok": True, "status": "ok", "problems": [],
+                                          "signature": unsigned}]}
     (a / "metrics.json").write_text("{}")
     proc = kit_cli("bundle", "verify", str(a), "--json")
     v = json.loads(proc.stdout)

@@ -1,4 +1,4 @@
-"""The results commands: ``kit bundle pack|verify|import|show``, ``kit report``, ``kit compare``,
+"""The results commands: ``kit bundle pack|verify|import|sign|keygen|show``, ``kit report``, ``kit compare``,
 ``kit sweep``, ``kit reproduce``. A thin Typer layer over :mod:`kit.results`.
 
 Exit codes: 0 ok; 1 verification failed (each problem on its own line, naming the file), a
@@ -22,7 +22,7 @@ from kit.errors import EXIT_FAILED, EXIT_OK, KitError
 from kit.results import VerificationFailed
 from kit.textsafe import terminal
 
-bundle_app = typer.Typer(help="Result bundles: pack to one .tar.gz, verify, import safely, show.",
+bundle_app = typer.Typer(help="Result bundles: pack to one .tar.gz, verify, import safely, sign, show.",
                          no_args_is_help=True)
 out = Console(stderr=False, soft_wrap=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as JSON (schema: README.md, JSON output)")]
@@ -36,25 +36,30 @@ def _problems(e: VerificationFailed) -> None:
     raise typer.Exit(EXIT_FAILED)
 
 
-def _limits(max_archive_mib: float | None, max_member_mib: float | None, max_total_mib: float | None):
-    from dataclasses import replace
-
-    from kit.results import archive
-
-    lim = archive._env_limits()
-    mib = archive.MiB
-    if max_archive_mib is not None:
-        lim = replace(lim, max_archive=int(max_archive_mib * mib))
-    if max_member_mib is not None:
-        lim = replace(lim, max_member=int(max_member_mib * mib))
-    if max_total_mib is not None:
-        lim = replace(lim, max_total=int(max_total_mib * mib))
-    return lim
-
-
 MaxArchive = Annotated[Optional[float], typer.Option("--max-archive-mib", help="refuse archives larger than this")]
 MaxMember = Annotated[Optional[float], typer.Option("--max-member-mib", help="refuse any file larger than this")]
 MaxTotal = Annotated[Optional[float], typer.Option("--max-total-mib", help="refuse bundles larger than this in all")]
+MaxMembers = Annotated[Optional[int], typer.Option("--max-members", help="refuse archives with more members")]
+MaxRatio = Annotated[Optional[float], typer.Option("--max-ratio", help="refuse archives that inflate more than this many times")]
+MaxSeconds = Annotated[Optional[float], typer.Option("--max-seconds", help="give up reading an archive after this long")]
+
+
+TrustedKeys = Annotated[Optional[Path], typer.Option(
+    "--trusted-keys", envvar="KIT_TRUSTED_KEYS", metavar="FILE|DIR",
+    help="ssh-ed25519 public keys (a file of .pub lines or a directory of .pub files): "
+         "the bundle must be signed by one of them")]
+
+
+def _trust(path: Path | None):
+    from kit import signing
+
+    return signing.load_trusted(path) if path is not None else None
+
+
+def _limits(**given):
+    from kit.results import archive
+
+    return archive.resolve_limits(**{k.removesuffix("_mib"): v for k, v in given.items()})
 
 
 @bundle_app.command("pack")
@@ -73,27 +78,31 @@ def pack_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
 @bundle_app.command("verify")
 def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle directories, .tar.gz archives or results directories")],
                max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None,
-               as_json: JsonOpt = False):
-    """Check the schema, the final status and every checksum; print each problem, naming the file."""
+               max_members: MaxMembers = None, max_ratio: MaxRatio = None, max_seconds: MaxSeconds = None,
+               trusted_keys: TrustedKeys = None, as_json: JsonOpt = False):
+    """Check the schema, the final status, every checksum and the signature; print each problem, naming the file."""
     from kit.results import archive
 
-    lim = _limits(max_archive_mib, max_member_mib, max_total_mib)
+    lim = _limits(max_archive_mib=max_archive_mib, max_member_mib=max_member_mib, max_total_mib=max_total_mib,
+                  max_members=max_members, max_ratio=max_ratio, max_seconds=max_seconds)
+    trust = _trust(trusted_keys)
     results: list[dict] = []
     for p in paths:
         try:
-            verdicts = archive.verify_path(p, lim)
+            verdicts = archive.verify_path(p, lim, trust)
         except VerificationFailed as e:
             results.append({"path": str(p), "ok": False, "status": None, "problems": list(e.problems)})
             if not as_json:
                 for line in e.problems:
                     print(terminal(line), file=sys.stderr)
             continue
-        for v in verdicts:
-            results.append({"path": str(v.path), "ok": v.ok, "status": v.status, "problems": list(v.problems)})
+        for v, sig in verdicts:
+            results.append({"path": str(v.path), "ok": v.ok, "status": v.status, "problems": list(v.problems),
+                            "signature": sig.to_json()})
             if as_json:
                 continue
             if v.ok:
-                out.print(terminal(f"ok: {v.path} ({v.status})"), highlight=False, markup=False)
+                out.print(terminal(f"ok: {v.path} ({v.status}; {sig.describe()})"), highlight=False, markup=False)
             else:
                 for line in v.problems:
                     print(terminal(line), file=sys.stderr)
@@ -107,15 +116,40 @@ def verify_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
 @bundle_app.command("import")
 def import_cmd(archive_file: Annotated[Path, typer.Argument(metavar="FILE", help="a .tar.gz written by `kit bundle pack`")],
                into: Annotated[Path, typer.Option(help="results directory to import into")] = Path("results"),
-               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None):
-    """Extract an archive safely (no links, devices, absolute or .. paths, size caps) and verify it."""
+               max_archive_mib: MaxArchive = None, max_member_mib: MaxMember = None, max_total_mib: MaxTotal = None,
+               max_members: MaxMembers = None, max_ratio: MaxRatio = None, max_seconds: MaxSeconds = None,
+               trusted_keys: TrustedKeys = None):
+    """Extract an archive safely (no links, devices, absolute or .. paths; size, count, ratio and time caps) and verify it."""
     from kit.results import archive
 
+    lim = _limits(max_archive_mib=max_archive_mib, max_member_mib=max_member_mib, max_total_mib=max_total_mib,
+                  max_members=max_members, max_ratio=max_ratio, max_seconds=max_seconds)
     try:
-        path = archive.import_archive(archive_file, into, _limits(max_archive_mib, max_member_mib, max_total_mib))
+        path = archive.import_archive(archive_file, into, lim, _trust(trusted_keys))
     except VerificationFailed as e:
         _problems(e)
     out.print(f"imported: {path}", highlight=False, markup=False)
+
+
+@bundle_app.command("sign")
+def sign_cmd(bundle: Annotated[Path, typer.Argument(help="bundle directory")],
+             key: Annotated[Path, typer.Option("--key", "-k", help="Ed25519 private key (kit bundle keygen, ssh-keygen -t ed25519)")]):
+    """Sign a finished, verified bundle: signature.json covers its manifest, and so every file."""
+    from kit import signing
+
+    sig = signing.sign(bundle, key)
+    out.print(terminal(f"signed: {bundle} ({sig.describe()})"), highlight=False, markup=False)
+
+
+@bundle_app.command("keygen")
+def keygen_cmd(key: Annotated[Path, typer.Argument(metavar="KEYFILE", help="private key to write (KEYFILE.pub beside it)")],
+               comment: Annotated[str, typer.Option(help="name written after the public key (e.g. you@lab)")] = ""):
+    """Make an Ed25519 key pair for signing bundles (OpenSSH format; share only KEYFILE.pub)."""
+    from kit import signing
+
+    private, public, fp = signing.generate_key(key, comment)
+    out.print(terminal(f"private key: {private} (keep it; never put it in a bundle)"), highlight=False, markup=False)
+    out.print(terminal(f"public key:  {public} ({fp})"), highlight=False, markup=False)
 
 
 @bundle_app.command("show")
