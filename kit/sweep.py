@@ -47,7 +47,8 @@ from typing import Any, Callable, Iterator
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
-from kit import bundle as bundle_mod, locks, proc
+from kit import bundle as bundle_mod, bundle_reader, locks, proc
+from kit.bundle_reader import BundleReadError
 from kit.configfile import load_model
 from kit.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, KitError
 from kit.results import report as report_mod, store
@@ -113,22 +114,27 @@ class Point:
     image: str | None
 
     def identity(self) -> dict[str, Any]:
-        return {"recipe": self.recipe, "overrides": list(self.overrides), "presets": list(self.presets),
-                "nodes": self.nodes, "launcher": self.launcher, "runtime": self.runtime or "host", "image": self.image}
+        return identity(recipe=self.recipe, overrides=self.overrides, presets=self.presets, nodes=self.nodes,
+                        launcher=self.launcher, runtime=self.runtime, image=self.image)
 
     @property
     def key(self) -> str:
-        return point_key(**self.identity())
+        return point_key(self.identity())
 
     def title(self) -> str:
         ov = " ".join(self.overrides)
         return f"{self.recipe} [{'+'.join(self.presets)}] {self.layout} x{self.nodes}N" + (f" ({ov})" if ov else "")
 
 
-def point_key(*, recipe: str, overrides: list[str], presets: list[str], nodes: int, launcher: str,
-              runtime: str | None, image: str | None) -> str:
-    ident = {"recipe": recipe, "overrides": list(overrides), "presets": list(presets), "nodes": int(nodes),
-             "launcher": launcher, "runtime": runtime or "host", "image": image}
+def identity(*, recipe: str, overrides: list[str], presets: list[str], nodes: int, launcher: str,
+             runtime: str | None, image: str | None) -> dict[str, Any]:
+    """What makes a sweep point the same point: one definition for a grid's points and for the
+    bundles already in the results directory."""
+    return {"recipe": recipe, "overrides": list(overrides), "presets": list(presets), "nodes": int(nodes),
+            "launcher": launcher, "runtime": runtime or "host", "image": image}
+
+
+def point_key(ident: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -180,18 +186,17 @@ def bundles_by_key(out: Path) -> dict[str, list[Path]]:
         return found
     for p in store.find([out], depth=1):
         key = None
-        try:
-            sj = p / SWEEP_FILE
-            if sj.is_file():
-                key = json.loads(sj.read_text()).get("key")
-            elif (p / "plan.json").is_file():
-                plan = json.loads((p / "plan.json").read_text())
-                key = point_key(recipe=plan["recipe_name"], overrides=plan.get("overrides", []),
-                                presets=plan["preset_names"], nodes=plan["nodes"], launcher=plan["launcher"],
-                                runtime=plan.get("runtime"), image=plan.get("image"))
-        except (OSError, ValueError, KeyError):
+        try:  # through the reader's door: the directory may hold imported bundles
+            if (p / SWEEP_FILE).exists():
+                key = bundle_reader.read_json(p, SWEEP_FILE).get("key")
+            elif (p / "plan.json").exists():
+                plan = bundle_reader.read_json(p, "plan.json")
+                key = point_key(identity(recipe=plan["recipe_name"], overrides=plan.get("overrides", []),
+                                         presets=plan["preset_names"], nodes=plan["nodes"], launcher=plan["launcher"],
+                                         runtime=plan.get("runtime"), image=plan.get("image")))
+        except (BundleReadError, AttributeError, KeyError, TypeError, ValueError):
             continue
-        if key:
+        if isinstance(key, str) and key:
             found.setdefault(key, []).append(p)
     return found
 
