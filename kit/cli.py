@@ -147,11 +147,11 @@ def _run_result(outcome: Outcome) -> dict:
 
 
 def _print_dry_run(plan: plan_mod.Plan, as_json: bool) -> None:
-    from kit import known_bad, launchers
+    from kit import known_bad, schedulers
 
-    launcher = launchers.get(plan.launcher)
     known_bad.warn(plan, err if as_json else console)
-    script = launcher.render(plan, Path("results") / "<bundle-id>") if launcher.batch else None
+    script = schedulers.get(plan.launcher).render(plan, Path("results") / "<bundle-id>",
+                                                  warnings=known_bad.script_warnings(plan)) if plan.batch else None
     if as_json:
         _print_json({"plan": plan.summary(), "script": script}, one_line=True)
     elif script is not None:

@@ -45,12 +45,12 @@ def cpu_flags() -> list[str]:
     return m.group(1).split() if m else []
 
 
-def frequency_seen() -> dict[str, object]:
-    """Current CPU frequency in MHz, with where it was read from."""
-    cur = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+def frequency_seen(cpu: int = 0) -> dict[str, object]:
+    """Current frequency of core ``cpu`` in MHz, with where it was read from."""
+    cur = _read(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq")
     if cur and cur.isdigit():
-        out: dict[str, object] = {"mhz": int(cur) / 1000.0, "source": "sysfs scaling_cur_freq"}
-        mx = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq")
+        out: dict[str, object] = {"mhz": int(cur) / 1000.0, "source": f"sysfs cpu{cpu} scaling_cur_freq", "cpu": cpu}
+        mx = _read(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_max_freq")
         if mx and mx.isdigit():
             out["max_mhz"] = int(mx) / 1000.0
         return out

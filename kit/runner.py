@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import jobs, known_bad, launchers
+from kit import jobs, known_bad, schedulers
 from kit.bundle import Bundle
 from kit.execute import execute
 from kit.outcome import Outcome
@@ -37,7 +37,6 @@ def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, A
         b.write_json("known_bad.json", {"forced": True, "matches": seen_bad})
     for name, doc in (extra_files or {}).items():
         b.write_json(name, doc)
-    launcher = launchers.get(plan.launcher)
-    if launcher.batch:
-        return jobs.submit(plan, b, launcher, console)
+    if plan.batch:
+        return jobs.submit(plan, b, schedulers.get(plan.launcher), console)
     return execute(plan, b, console)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import known_bad, launchers, plan as plan_mod
+from kit import known_bad, plan as plan_mod, schedulers
 from kit.errors import KitError
 
 GOLDEN = Path(__file__).parent / "golden" / "pjm"
@@ -53,7 +53,7 @@ def fake_tcmalloc(tmp_path, monkeypatch):
 def render(name, recipe, presets, overrides, tcmalloc: Path, **job) -> tuple[str, plan_mod.Plan]:
     p = plan_mod.resolve(recipe_name=recipe, preset_names=presets, overrides=overrides, launcher="pjm",
                          job=plan_mod.JobOptions(**job) if job else None)
-    text = launchers.get("pjm").render(p, BUNDLE)
+    text = schedulers.get("pjm").render(p, BUNDLE, warnings=known_bad.script_warnings(p))
     text = text.replace(str(tcmalloc), "/home/u01234/lib/libtcmalloc.so")
     text = text.replace(sys.executable, "/home/u01234/venv/bin/python3")
     text = text.replace(str(Path.cwd()), "/home/u01234/work")
@@ -76,8 +76,14 @@ def test_pjm_script_reads_like_a_fugaku_script(name, recipe, presets, overrides,
     lines = text.splitlines()
     assert lines[0] == "#!/bin/bash -x"
     assert '#PJM -L "node=1"' in lines and '#PJM -L "rscgrp=small"' in lines and '#PJM -L "elapse=01:00:00"' in lines
-    power = [ln for ln in lines if "freq=" in ln]
+    power = [ln for ln in lines if ln.startswith("#PJM") and "freq=" in ln]
     assert len(power) == 1, "freq, eco_state and retention_state share one -L line"
+    for s in p.settings:  # each directive the plan records is in the script verbatim, each setting stated
+        if s.by == "pjm":
+            assert s.applied_by in lines, s
+        if s.status != "not-requested":
+            stated = f"# setting {s.name}={s.requested}: {s.applied_by}"
+            assert stated.replace(str(fake_tcmalloc), "/home/u01234/lib/libtcmalloc.so") in lines, s
     assert f"freq={p.preset.freq_mhz}" in power[0] and f"retention_state={p.preset.retention_state}" in power[0]
     assert f'#PJM --mpi "proc={p.world_size}"' in lines
     assert f'#PJM --mpi "max-proc-per-node={p.ranks_per_node}"' in lines
@@ -112,7 +118,24 @@ def test_retention_on_refused_above_9216_nodes():
 def test_pjm_applies_settings_through_the_job_manager(fake_tcmalloc):
     p = plan_mod.resolve(recipe_name="gpt-124m", preset_names=["mpn4-tuned"], overrides=["parallel.dp=4"],
                          launcher="pjm")
-    assert p.setting("freq_mhz").status == "applied" and "freq=2200" in p.setting("freq_mhz").applied_by
-    assert p.setting("retention_state").applied_by == '#PJM -L "retention_state=0"'
+    # the power knobs share the one -L line the script writes, and each records that line
+    # (before, retention_state claimed a '#PJM -L "retention_state=0"' line no script had)
+    assert p.setting("freq_mhz").status == "applied"
+    assert p.setting("freq_mhz").applied_by == p.setting("retention_state").applied_by == \
+        '#PJM -L "freq=2200,retention_state=0"'
     assert p.setting("ranks_per_node").applied_by == '#PJM --mpi "max-proc-per-node=4"'
     assert p.threads_per_rank == 12
+
+
+def test_pjm_script_says_tcmalloc_is_resolved_on_the_node(monkeypatch):
+    """On a login node without the library (Fugaku's are x86-64), the allocator is left to
+    the compute node: the script still says tcmalloc will be preloaded there."""
+    from kit import allocator
+
+    monkeypatch.delenv("KIT_TCMALLOC", raising=False)
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda roots=None: None)
+    p = plan_mod.resolve(recipe_name="gpt-124m", preset_names=["tuned"], launcher="pjm")
+    text = schedulers.get("pjm").render(p, BUNDLE)
+    assert "LD_PRELOAD" not in p.env
+    assert ("# setting allocator=tcmalloc: LD_PRELOAD=tcmalloc, resolved on the compute node by kit job-run "
+            "(set for the ranks only)") in text.splitlines()

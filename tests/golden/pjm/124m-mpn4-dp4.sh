@@ -14,6 +14,11 @@
 
 # Written by kit for bundle 20230215-000000_row: recipe gpt-124m, preset mpn4,
 # DP 4 x TP 1 x PP 1 = 4 rank(s), 4 per node on 1 node(s), 12 thread(s) per rank.
+# setting freq_mhz=2000: #PJM -L "freq=2000,retention_state=1"
+# setting retention_state=1: #PJM -L "freq=2000,retention_state=1"
+# setting allocator=glibc: default allocator
+# setting ranks_per_node=4: #PJM --mpi "max-proc-per-node=4"
+# setting threads_per_rank=12: OMP_NUM_THREADS=12
 # kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
 #   mpiexec -np 4 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \
 #     -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x 'MASTER_ADDR=<first node>' -x 'MASTER_PORT=<free port>' /home/u01234/venv/bin/python3 \

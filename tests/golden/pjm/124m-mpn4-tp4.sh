@@ -15,6 +15,11 @@
 # Written by kit for bundle 20230215-000000_row: recipe gpt-124m, preset mpn4,
 # DP 1 x TP 4 x PP 1 = 4 rank(s), 4 per node on 1 node(s), 12 thread(s) per rank.
 # WARNING (known bad, submitted with --force only): tensor parallelism (TP > 1) with 4 ranks per node (max-proc-per-node=4): did not work: the 124M rows with TP 4 at max-proc-per-node=4 have no result, and the 1.3B ones stalled after the first iteration (^^); the sweep's comment: 'max-proc-per-node=4 with mp=4 does not work'.
+# setting freq_mhz=2000: #PJM -L "freq=2000,retention_state=1"
+# setting retention_state=1: #PJM -L "freq=2000,retention_state=1"
+# setting allocator=glibc: default allocator
+# setting ranks_per_node=4: #PJM --mpi "max-proc-per-node=4"
+# setting threads_per_rank=12: OMP_NUM_THREADS=12
 # kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
 #   mpiexec -np 4 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \
 #     -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x 'MASTER_ADDR=<first node>' -x 'MASTER_PORT=<free port>' /home/u01234/venv/bin/python3 \

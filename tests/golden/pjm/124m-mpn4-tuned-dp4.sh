@@ -14,6 +14,11 @@
 
 # Written by kit for bundle 20230215-000000_row: recipe gpt-124m, preset mpn4-tuned,
 # DP 4 x TP 1 x PP 1 = 4 rank(s), 4 per node on 1 node(s), 12 thread(s) per rank.
+# setting freq_mhz=2200: #PJM -L "freq=2200,retention_state=0"
+# setting retention_state=0: #PJM -L "freq=2200,retention_state=0"
+# setting allocator=tcmalloc: LD_PRELOAD=/home/u01234/lib/libtcmalloc.so
+# setting ranks_per_node=4: #PJM --mpi "max-proc-per-node=4"
+# setting threads_per_rank=12: OMP_NUM_THREADS=12
 # LD_PRELOAD=/home/u01234/lib/libtcmalloc.so is set for the ranks only (not this shell).
 # kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
 #   mpiexec -np 4 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \

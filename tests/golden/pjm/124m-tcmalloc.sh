@@ -14,6 +14,11 @@
 
 # Written by kit for bundle 20230215-000000_row: recipe gpt-124m, preset tcmalloc,
 # DP 1 x TP 1 x PP 1 = 1 rank(s), 1 per node on 1 node(s), 48 thread(s) per rank.
+# setting freq_mhz=2000: #PJM -L "freq=2000,retention_state=1"
+# setting retention_state=1: #PJM -L "freq=2000,retention_state=1"
+# setting allocator=tcmalloc: LD_PRELOAD=/home/u01234/lib/libtcmalloc.so
+# setting ranks_per_node=1: #PJM --mpi "max-proc-per-node=1"
+# setting threads_per_rank=48: OMP_NUM_THREADS=48
 # LD_PRELOAD=/home/u01234/lib/libtcmalloc.so is set for the ranks only (not this shell).
 # kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
 #   mpiexec -np 1 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \
