@@ -62,10 +62,10 @@ SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats)
 def submit(plan: Plan, b: Bundle, launcher: Scheduler, console: Console):
     """Write the job script into the bundle, submit it, record the job id; wait if asked."""
     path = b.path.resolve()
-    script_text = launcher.render(plan, path, warnings=known_bad.script_warnings(plan))
-    script = b.write_text(JOB_SCRIPT, script_text)
-    script.chmod(0o755)
     try:
+        launcher.check_job_python(plan)
+        script = b.write_text(JOB_SCRIPT, launcher.render(plan, path, warnings=known_bad.script_warnings(plan)))
+        script.chmod(0o755)
         job_id = launcher.submit(script)
     except KitError:
         shutil.rmtree(b.path, ignore_errors=True)  # nothing ran: leave no half bundle behind

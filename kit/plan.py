@@ -16,7 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from kit import hostinfo, launchers, preset as preset_mod, recipe as recipe_mod, runtimes, schedulers, settings as settings_mod
+from kit import (hostinfo, launchers, preset as preset_mod, recipe as recipe_mod, runtimes, schedulers,
+                 settings as settings_mod, site as site_mod)
 from kit.errors import KitError
 from kit.launchers import Launcher
 from kit.launchers.common import flavour
@@ -24,6 +25,7 @@ from kit.preset import Preset
 from kit.recipe import Recipe, check_batch
 from kit.schedulers import Scheduler
 from kit.settings import Setting
+from kit.site import Site
 
 
 class JobOptions(BaseModel):
@@ -56,6 +58,7 @@ class Plan(BaseModel):
     settings: list[Setting]
     job: JobOptions = JobOptions()
     force: bool = False
+    site: Site | None = None
 
     @property
     def batch(self) -> bool:
@@ -114,7 +117,7 @@ def _layout(recipe: Recipe, preset: Preset, nodes: int, where: str) -> tuple[int
 def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str] | None = None,
             preset_names: list[str] | None = None, launcher: str = "local", runtime: str | None = None,
             image: str | None = None, nodes: int = 1, job: JobOptions | None = None, force: bool = False,
-            cores_per_node: int | None = None) -> Plan:
+            cores_per_node: int | None = None, site: str | None = None) -> Plan:
     overrides = list(overrides or [])
     preset_names = list(preset_names or [preset_mod.DEFAULT_PRESET])
     if nodes < 1:
@@ -131,11 +134,18 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
         raise KitError(f"runtime {runtime} needs an image", where="--image", fix="pass --image REF (see `kit image build`)")
     launch = backend(launcher)
     batch = isinstance(launch, Scheduler)
+    where_site = site_mod.select(site, launcher) if batch else None
+    job = job or JobOptions()
+    if where_site and where_site.group and not job.account:
+        job = job.model_copy(update={"account": where_site.group})
 
-    cores = cores_per_node or launch.cores_per_node() or hostinfo.usable_cores()
+    cores = (cores_per_node or (where_site and where_site.cores_per_node) or launch.cores_per_node()
+             or hostinfo.usable_cores())
     threads = preset.threads_per_rank or max(1, cores // rpn)
 
     env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}
+    if where_site and where_site.interface:
+        env["GLOO_SOCKET_IFNAME"] = where_site.interface  # gloo's sockets on the site's network (Tofu)
     env.update(preset.env)
     # On a batch system the ranks run on compute nodes, which may not be this (login) node
     # (Fugaku's login nodes are x86-64): unless $KIT_TCMALLOC names the library, tcmalloc is
@@ -159,13 +169,15 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
         notes={"threads_per_rank": "" if preset.threads_per_rank else f"{cores} cores / {rpn} ranks per node"},
         mpi=flavour())
 
+    # the ranks of a batch job on the host run the site's job-side Python (kit.site)
+    python = where_site.job_python if where_site and where_site.job_python and runtime == "host" else rt.python
     plan = Plan(
         recipe=recipe, preset=preset, recipe_name=recipe.name, preset_names=preset_names,
         recipe_file=str(recipe_path), preset_files=[str(p) for p in preset_paths], overrides=overrides,
         launcher=launcher, runtime=runtime, image=image, nodes=nodes, dp=dp, world_size=world,
-        ranks_per_node=rpn, threads_per_rank=threads, python=rt.python,
-        rank_argv=recipe.render_command(python=rt.python), env=env, settings=settings,
-        job=job or JobOptions(), force=force,
+        ranks_per_node=rpn, threads_per_rank=threads, python=python,
+        rank_argv=recipe.render_command(python=python), env=env, settings=settings,
+        job=job, force=force, site=where_site,
     )
     launch.validate(plan)
     return plan

@@ -18,6 +18,12 @@ A knob (``freq_mhz``, ``retention_state``, ``eco_state``, ``allocator``,
 - ``verify``: how the run checks it (the frequency read on a core the ranks may use, the
   allocator in each rank's memory map, the ranks seen on each node).
 
+On PJM every power knob (``freq``, ``eco_state``, ``retention_state``,
+``throttling_state``, ``issue_state``, ``ex_pipe_state``) is written, those the presets
+leave unset at the normal-mode default, and recorded as requested: Fugaku's own defaults
+(2200 MHz, ``eco_state=2``, ``retention_state=1``; Users Guide §7.1) are not the table's
+baseline and may change.
+
 Adding a knob: one ``Spec`` in ``SPECS`` (and the preset field it reads), plus its tests.
 The allocator's library is found in one place, ``allocator_library``: at plan time, or on
 the node where the ranks run when the plan leaves it there (batch jobs on the host).
@@ -135,8 +141,14 @@ SPECS: tuple[Spec, ...] = (
          pjm_power="freq", verify=_verify_freq),
     Spec("retention_state", "1: idle cores may sleep (waking takes ~3 ms); 0: they do not", default=1,
          label=lambda v: f'"retention_state={v}"', label_order=4, row_order=1, pjm_power="retention_state"),
-    Spec("eco_state", "A64FX eco mode (0 off; 1, 2: one of the two FP pipelines)", default=None,
+    Spec("eco_state", "A64FX eco mode (0 off; 1, 2: one of the two FP pipelines; Fugaku's default 2)", default=0,
          label=lambda v: f'"eco_state={v}"', label_order=5, row_order=4, pjm_power="eco_state"),
+    Spec("throttling_state", "PJM power knob, 0 in normal mode", default=0,
+         label=lambda v: f'"throttling_state={v}"', label_order=6, row_order=5, pjm_power="throttling_state"),
+    Spec("issue_state", "PJM power knob (instruction issue), 0 in normal mode", default=0,
+         label=lambda v: f'"issue_state={v}"', label_order=7, row_order=6, pjm_power="issue_state"),
+    Spec("ex_pipe_state", "PJM power knob (execution pipelines), 0 in normal mode", default=0,
+         label=lambda v: f'"ex_pipe_state={v}"', label_order=8, row_order=7, pjm_power="ex_pipe_state"),
     Spec("allocator", "glibc | tcmalloc | a library path, preloaded into every rank", default="glibc",
          label=_allocator_label, label_order=3, row_order=3, verify=_verify_allocator,
          environment=lambda v: "default allocator" if v == "glibc" else f"LD_PRELOAD={v}"),
@@ -183,6 +195,10 @@ def resolve(values: Mapping[str, Any], backend: str, *, notes: Mapping[str, str]
     for spec in SPECS:
         value = values.get(spec.name)
         note = (notes or {}).get(spec.name, "")
+        if value is None and spec.pjm_power and backend == "pjm":
+            # every power knob is written: the job manager's defaults (eco_state=2 on Fugaku) may change
+            value = spec.default
+            note = f"not set by the presets: the kit's normal-mode value {value}, written explicitly"
         if value is None or value == {}:
             if spec.name != "env":
                 out.append(Setting(name=spec.name, layout=spec.layout))

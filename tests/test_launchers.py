@@ -153,7 +153,10 @@ def test_cli_pjm_dry_run_prints_script_and_warns():
 
 
 def test_cli_pjm_without_pjsub_is_a_clear_error(tmp_path, monkeypatch):
-    proc = kit_cli("run", "tiny", "--launcher", "pjm", "--out", str(tmp_path), env={"PATH": "/usr/bin:/bin"})
+    from conftest import STANDINS
+
+    proc = kit_cli("run", "tiny", "--launcher", "pjm", "--out", str(tmp_path),
+                   env={"PATH": "/usr/bin:/bin", "KIT_SITE": str(STANDINS / "site.yaml")})
     assert proc.returncode == 2
     assert "pjsub was not found" in proc.stderr and "--dry-run" in proc.stderr
     assert not any(tmp_path.iterdir())

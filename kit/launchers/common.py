@@ -77,11 +77,30 @@ def expand_slurm_nodelist(text: str) -> list[str]:
     return out
 
 
+def interface_address(name: str) -> str | None:
+    """The IPv4 address of network interface ``name`` on this host (e.g. Fugaku's ``tofu1``)."""
+    import psutil
+
+    for a in psutil.net_if_addrs().get(name, []):
+        if a.family == socket.AF_INET:
+            return a.address
+    return None
+
+
 def rendezvous(plan, environ: dict[str, str] | None = None) -> tuple[str, int]:
-    """MASTER_ADDR and MASTER_PORT for the ranks of ``plan`` started from this node."""
+    """MASTER_ADDR and MASTER_PORT for the ranks of ``plan`` started from this node.
+
+    This node is the master: the ranks start from here and rank 0 runs here. With a site
+    interface (Fugaku: ``tofu1``) the address is this node's on that interface, which the
+    other nodes reach; else the first node of the allocation (127.0.0.1 on one node).
+    """
     env = os.environ if environ is None else environ
+    site = getattr(plan, "site", None)
+    on_interface = interface_address(site.interface) if site and site.interface else None
     if env.get("KIT_MASTER_ADDR"):
         addr = env["KIT_MASTER_ADDR"]
+    elif on_interface:
+        addr = on_interface
     elif plan.nodes <= 1:
         addr = "127.0.0.1"
     else:
@@ -103,11 +122,19 @@ def flavour(environ: dict[str, str] | None = None) -> str:
 
 
 def mpiexec_argv(plan, rank_argv: list[str], log_dir: Path, *, addr: str, port: str | int) -> list[str]:
-    """Fujitsu MPI's mpiexec line: one output file per rank (``-std-proc``), the kit's variables."""
-    argv = ["mpiexec", "-np", str(plan.world_size), "-std-proc", str(log_dir / "stdproc" / "out")]
+    """Fujitsu MPI's mpiexec line: one output file per rank (``-std-proc``), the kit's variables.
+
+    The ``-std-proc`` path is the site's (Fugaku: ``%j/%m/%/1000r/out``, a directory per
+    thousand ranks); the world size and ranks per node go to every rank as
+    ``KIT_WORLD_SIZE``/``KIT_RANKS_PER_NODE``, since under Fujitsu MPI only ``PMIX_RANK``
+    is reliably set (``kit.rankenv`` derives the rest).
+    """
+    site = getattr(plan, "site", None)
+    argv = ["mpiexec", "-np", str(plan.world_size), "-std-proc", str(log_dir / "stdproc" / (site.stdproc if site else "out"))]
     for n in [*sorted(plan.env), *KIT_VARS]:
         argv += ["-x", n]
-    argv += ["-x", f"MASTER_ADDR={addr}", "-x", f"MASTER_PORT={port}"]
+    argv += ["-x", f"KIT_WORLD_SIZE={plan.world_size}", "-x", f"KIT_RANKS_PER_NODE={plan.ranks_per_node}",
+             "-x", f"MASTER_ADDR={addr}", "-x", f"MASTER_PORT={port}"]
     return [*argv, *rank_argv]
 
 

@@ -101,7 +101,7 @@ def follow_files(proc: subprocess.Popen, directory: Path, *, poll_s: float = 0.2
         partial: dict[Path, str] = {}
 
         def sweep():
-            for f in sorted(directory.glob("*")):
+            for f in sorted(directory.rglob("*")):  # -std-proc may split ranks into directories
                 if not f.is_file():
                     continue
                 try:

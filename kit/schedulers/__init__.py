@@ -14,6 +14,7 @@ known-bad combinations a ``--force`` run matches) are handed in by the caller.
 from __future__ import annotations
 
 import abc
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,19 @@ class Scheduler(abc.ABC):
         """Cores of one allocated node, where the scheduler knows (PJM: 48; Slurm: sinfo)."""
         return None
 
+    def job_python(self, plan: Any) -> tuple[str, str | None]:
+        """The Python the job script starts the kit with, and why it cannot run in the job
+        (None: it can). Default: the one running now (a shared file system, one architecture)."""
+        return sys.executable, None
+
+    def check_job_python(self, plan: Any) -> None:
+        """Refuse to submit a script whose interpreter cannot run on the compute nodes."""
+        python, problem = self.job_python(plan)
+        if problem:
+            raise KitError(problem, where=f"site {plan.site.name if plan.site else '-'}",
+                           fix="set job_python in the site file to a Python with the kit on the compute nodes "
+                               "(e.g. a venv made on a compute node)")
+
     def directives(self, plan: Any) -> list[str]:
         """The script lines of the settings this scheduler applies, as ``kit.settings`` wrote them."""
         out: list[str] = []
@@ -62,14 +76,15 @@ class Scheduler(abc.ABC):
         return out
 
     def setting_comments(self, plan: Any) -> list[str]:
-        """One comment line per setting the plan carries: its value, and who applies it how."""
-        out = []
+        """A comment per directive: the settings it carries (``NAME=VALUE``) and how they are
+        applied, so the script states every setting the run carries (the allocator too)."""
+        groups: dict[str, list[str]] = {}
         for s in plan.settings:
             if s.status == "not-requested":
                 continue
             how = s.applied_by if s.status == "applied" else f"not applied: {s.note}"
-            out.append(f"# setting {s.name}={s.requested}: {how}")
-        return out
+            groups.setdefault(how, []).append(f"{s.name}={s.requested}")
+        return [f"# setting {', '.join(names)}: {how}" for how, names in groups.items()]
 
     @abc.abstractmethod
     def render(self, plan: Any, bundle_dir: Path, *, warnings: Sequence[str] = ()) -> str:

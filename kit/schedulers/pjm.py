@@ -70,6 +70,14 @@ class PjmScheduler(Scheduler):
     def cores_per_node(self) -> int | None:
         return A64FX_CORES
 
+    def job_python(self, plan) -> tuple[str, str | None]:
+        """The Python the job starts the kit with (the site's, else this one), and why it
+        cannot run on the compute nodes (None when it can, as far as the site says)."""
+        site = plan.site
+        if site and site.job_python:
+            return site.job_python, None
+        return sys.executable, site.job_python_problem(sys.executable) if site else None
+
     def validate(self, plan) -> None:
         if plan.setting("retention_state").requested == 1 and plan.nodes > RETENTION_MAX_NODES:
             raise KitError(f"retention_state=1 with {plan.nodes} nodes: the job manager forces retention_state=0 "
@@ -84,12 +92,14 @@ class PjmScheduler(Scheduler):
         bundle_dir = Path(bundle_dir)
         job = plan.job
         logs = bundle_dir / "logs"
+        site = plan.site
         rscgrp = job.queue or ("small" if plan.nodes <= SMALL_MAX_NODES else "large")
+        rscunit = f"rscunit={site.rscunit}," if site and site.rscunit else ""
         name = f"kit-{plan.recipe_name}-{plan.preset.name}"[:63]
         lines = ["#!/bin/bash -x",
                  f"#PJM -N {shlex.quote(name)}",
                  f'#PJM -L "node={plan.nodes}"',
-                 f'#PJM -L "rscgrp={rscgrp}"',
+                 f'#PJM -L "{rscunit}rscgrp={rscgrp}"',
                  f'#PJM -L "elapse={job.time_limit}"']
         directives = self.directives(plan)  # kit.settings: the power line, max-proc-per-node
         lines += [d for d in directives if d.startswith("#PJM -L")]
@@ -100,6 +110,8 @@ class PjmScheduler(Scheduler):
         for opt in job.llio:
             lines.append(f"#PJM --llio {opt}")
         exported = {k: v for k, v in sorted(plan.env.items()) if k != "LD_PRELOAD"}
+        if site and site.volumes:  # the volumes the job reads, cached by LLIO
+            exported["PJM_LLIO_GFSCACHE"] = ":".join(site.volumes)
         for k, v in exported.items():
             lines.append(f"#PJM -x {k}={v}")
         lines += ["#PJM -j",
@@ -112,17 +124,20 @@ class PjmScheduler(Scheduler):
                   f"rank(s), {plan.ranks_per_node} per node on {plan.nodes} node(s), "
                   f"{plan.threads_per_rank} thread(s) per rank.",
                   ]
-        lines += [f"# WARNING {w}" for w in warnings]
+        python, problem = self.job_python(plan)
+        lines += [f"# WARNING {w}" for w in [*warnings, *([f"(submission refused): {problem}"] if problem else [])]]
         lines += self.setting_comments(plan)
         if "LD_PRELOAD" in plan.env:
             lines.append(f"# LD_PRELOAD={plan.env['LD_PRELOAD']} is set for the ranks only (not this shell).")
         lines += ["# kit job-run starts the ranks with Fujitsu MPI, one output file per rank:",
-                  *_quote_block(mpiexec_argv(plan, plan.rank_argv, logs, addr="<first node>", port="<free port>")),
+                  *_quote_block(mpiexec_argv(plan, plan.rank_argv, logs, port="<free port>",
+                                               addr=f"<{site.interface} address of the master node>" if site and site.interface
+                                               else "<first node>")),
                   "# then watches every rank, checks the frequency it sees against the one requested above,",
                   "# and writes the bundle (job id, node list, PJM_* variables, this script), whatever happens.",
                   "",
                   f"cd {shlex.quote(str(Path.cwd()))}",
-                  kit_command(sys.executable, bundle_dir),
+                  kit_command(python, bundle_dir),
                   ""]
         return "\n".join(lines)
 

@@ -88,10 +88,10 @@ class SlurmScheduler(Scheduler):
                   "# kit job-run starts the ranks with srun, watches every rank on every node and writes the",
                   "# bundle (metrics, provenance with the job id, node list and SLURM_* variables), whatever happens.",
                   f"# Set for the ranks by the kit: {', '.join(f'{k}={v}' for k, v in sorted(plan.env.items()))}",
-                  *(f"# WARNING: {w}" for w in warnings),
+                  *(f"# WARNING {w}" for w in warnings),
                   *self.setting_comments(plan),
                   "",
-                  f"exec {kit_command(sys.executable, bundle_dir)}",
+                  f"exec {kit_command(self.job_python(plan)[0], bundle_dir)}",
                   ""]
         return "\n".join(lines)
 
