@@ -69,20 +69,11 @@ class Observed:
 
     def frequency(self) -> dict[str, Any]:
         if self._freq is None:
-            self._freq = hostinfo.frequency_seen(cpu=rank_core())
+            self._freq = hostinfo.frequency_seen()  # on a core of the ranks' CPU set
         return self._freq
 
     def ranks(self) -> list[dict[str, Any]]:
         return [r for m in self.monitors for r in m["ranks"].values()]
-
-
-def rank_core() -> int:
-    """A core the ranks may run on: the first of this process's CPU set, which the ranks
-    inherit (a job's cpuset on a compute node; on Fugaku, compute cores 12–59, not cpu0)."""
-    try:
-        return min(os.sched_getaffinity(0))
-    except (AttributeError, OSError, ValueError):
-        return 0
 
 
 def _verify_freq(s: Setting, seen: Observed) -> dict[str, Any]:

@@ -68,16 +68,18 @@ def test_row_order_puts_retention_before_frequency_before_allocator():
 
 
 def test_frequency_is_read_on_a_core_of_the_ranks_cpu_set(monkeypatch):
+    """Not cpu0 (an assistant core on Fugaku) but the first core of the CPU set the ranks inherit."""
     import os
 
     from kit import hostinfo
 
-    asked = []
+    read = []
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {12, 13, 59})  # Fugaku: compute cores 12-59
-    monkeypatch.setattr(hostinfo, "frequency_seen", lambda cpu=0: asked.append(cpu) or {"mhz": 2200.0, "cpu": cpu})
+    monkeypatch.setattr(hostinfo, "_read", lambda path: read.append(path) or ("2200000" if "cpufreq" in path else None))
     s = settings.Setting(name="freq_mhz", requested=2200, status="applied", applied_by="x", by="pjm")
     out = settings.observed([s], [])
-    assert asked == [12] and out[0]["verified"] is True and out[0]["seen"]["cpu"] == 12
+    assert read[0] == "/sys/devices/system/cpu/cpu12/cpufreq/scaling_cur_freq"
+    assert out[0]["verified"] is True and out[0]["seen"]["cpu"] == 12 and out[0]["seen"]["mhz"] == 2200.0
 
 
 def test_allocator_verified_from_each_ranks_memory_map():
