@@ -15,7 +15,7 @@ from kit.errors import KitError
 SHIPPED_ROOT = Path(__file__).resolve().parent.parent
 
 
-_KINDS = {"recipe": ("KIT_RECIPES", "recipes"), "preset": ("KIT_PRESETS", "env")}
+_KINDS = {"recipe": ("KIT_RECIPES", "recipes"), "preset": ("KIT_PRESETS", "env"), "site": ("KIT_SITES", "sites")}
 
 
 def search_path(kind: str) -> list[Path]:

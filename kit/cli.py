@@ -112,6 +112,7 @@ def run(
     queue: Annotated[Optional[str], typer.Option(help="Slurm partition / PJM rscgrp")] = None,
     account: Annotated[Optional[str], typer.Option(help="Slurm account / PJM group")] = None,
     llio: Annotated[Optional[list[str]], typer.Option(help="PJM --llio option (repeatable)")] = None,
+    site: Annotated[Optional[str], typer.Option(help="site file or name in sites/ (default $KIT_SITE; pjm: fugaku)")] = None,
     wait: Annotated[bool, typer.Option(help="batch launchers: wait for the job and finalize the bundle")] = False,
     force: Annotated[bool, typer.Option(help="run combinations known to hang or fail anyway")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (and job script), run nothing")] = False,
@@ -122,7 +123,7 @@ def run(
     from kit import runner
 
     plan = plan_mod.resolve(recipe_name=recipe, overrides=set_ or [], preset_names=preset or None, launcher=launcher,
-                            runtime=runtime, image=image, nodes=nodes, force=force,
+                            runtime=runtime, image=image, nodes=nodes, force=force, site=site,
                             job=plan_mod.JobOptions(time_limit=time_limit, queue=queue, account=account,
                                                     llio=llio or [], wait=wait))
     if dry_run:
@@ -148,11 +149,11 @@ def _run_result(outcome: Outcome) -> dict:
 
 
 def _print_dry_run(plan: plan_mod.Plan, as_json: bool) -> None:
-    from kit import known_bad, launchers
+    from kit import known_bad, schedulers
 
-    launcher = launchers.get(plan.launcher)
     known_bad.warn(plan, err if as_json else console)
-    script = launcher.render(plan, Path("results") / "<bundle-id>") if launcher.batch else None
+    script = schedulers.get(plan.launcher).render(plan, Path("results") / "<bundle-id>",
+                                                  warnings=known_bad.script_warnings(plan)) if plan.batch else None
     if as_json:
         _print_json({"plan": plan.summary(), "script": script}, one_line=True)
     elif script is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,9 +34,8 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import allocator, bundle as bundle_mod, launchers, logparse, reaper, runtimes
+from kit import bundle as bundle_mod, launchers, logparse, reaper, runtimes, settings
 from kit.bundle import Bundle
-from kit.errors import KitError
 from kit.finalize import RunRecord, finalize
 from kit.logparse import IterationRecord, parse_line
 from kit.monitor import Monitor
@@ -137,18 +135,11 @@ class _Command:
 
 
 def _command(plan: Plan, b: Bundle, launcher, rt, cwd: Path) -> _Command:
+    plan, start_error = settings.allocator_on_node(plan)  # deferred by the plan to this node (batch jobs)
     kit_env = dict(plan.env)
     kit_env["KIT_RUN_ID"] = b.id
-    start_error = ""
-    if plan.runtime == "host" and plan.preset.allocator not in (None, "glibc") and "LD_PRELOAD" not in kit_env:
-        try:  # deferred by the plan to the node where the ranks run (batch jobs)
-            lib = allocator.resolve(plan.preset.allocator) or ""
-            kit_env["LD_PRELOAD"] = lib
-            plan = plan.model_copy(update={"env": {**plan.env, "LD_PRELOAD": lib}})  # launchers export plan.env
-        except KitError as e:
-            start_error = f"on {socket.gethostname()}: {e}"
     kit_env.setdefault("PYTHONUNBUFFERED", "1")
-    binds = [b.path, cwd]
+    binds = [b.path, cwd, *(plan.site.host_binds() if plan.site else [])]
     if launcher.inside_runtime:  # torchrun runs in the image and starts the ranks there
         argv = rt.wrap(launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs),
                        kit_env, cwd=cwd, binds=binds)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, claim, hostinfo, metrics, provenance, table
+from kit import bundle as bundle_mod, claim, metrics, provenance, settings, table
 from kit.bundle import Bundle
 from kit.logparse import IterationRecord
 from kit.outcome import Outcome, print_result
@@ -48,35 +47,6 @@ class RunRecord:
     device_memory: dict[str, dict[str, float]] | None = None
     extra_provenance: dict[str, Any] = field(default_factory=dict)
     software: dict[str, Any] | None = None  # the inventory taken while the ranks ran; None: take it now
-
-
-def _settings_seen(plan: Plan, monitors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    freq = hostinfo.frequency_seen()
-    ranks = [r for m in monitors for r in m["ranks"].values()]
-    for s in plan.settings:
-        d = s.model_dump()
-        if s.name == "freq_mhz" and s.requested is not None:
-            d["seen"] = freq
-            if freq.get("mhz") and s.status == "applied":
-                d["verified"] = abs(freq["mhz"] - s.requested) / s.requested < 0.03
-        elif s.name == "allocator":
-            seen = {str(r["rank"]): r.get("allocator", {}).get("allocator", "unknown") for r in ranks}
-            d["seen"] = seen
-            want = "glibc" if s.requested in (None, "glibc") else ("tcmalloc" if s.requested == "tcmalloc" else None)
-            if seen and want:
-                d["verified"] = all(v == want for v in seen.values())
-            elif seen:
-                lib = Path(str(s.requested)).name
-                d["verified"] = all(any(lib in x for x in r.get("allocator", {}).get("libraries", [])) for r in ranks)
-        elif s.name == "ranks_per_node":
-            per_node: dict[str, int] = {}
-            for m in monitors:
-                per_node[m["node"]] = len(m["ranks"])
-            d["seen"] = per_node
-            d["verified"] = bool(per_node) and all(v == s.requested for v in per_node.values())
-        out.append(d)
-    return out
 
 
 def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
@@ -167,7 +137,7 @@ def _write(rec: RunRecord, console: Console) -> Outcome:
     }
     b.write_json("metrics.json", metrics_doc)
     plan_summary = plan.summary()
-    plan_summary["settings"] = _settings_seen(plan, monitors)
+    plan_summary["settings"] = settings.observed(plan.settings, monitors)
     if software is None:
         software = rt.inspect_software()
     prov = provenance.collect(plan_summary=plan_summary, env=rec.env, software=software, runtime=rt.describe(), extra={

@@ -45,12 +45,22 @@ def cpu_flags() -> list[str]:
     return m.group(1).split() if m else []
 
 
-def frequency_seen() -> dict[str, object]:
-    """Current CPU frequency in MHz, with where it was read from."""
-    cur = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
+def first_core() -> int:
+    """The first core of this process's CPU set, which the ranks it starts inherit (a job's
+    cpuset on a compute node: on Fugaku a compute core, 12-59; cpu0 is an assistant core)."""
+    try:
+        return min(os.sched_getaffinity(0))
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def frequency_seen(cpu: int | None = None) -> dict[str, object]:
+    """Current frequency in MHz of core ``cpu`` (default: ``first_core()``), with where it was read from."""
+    cpu = first_core() if cpu is None else cpu
+    cur = _read(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_cur_freq")
     if cur and cur.isdigit():
-        out: dict[str, object] = {"mhz": int(cur) / 1000.0, "source": "sysfs scaling_cur_freq"}
-        mx = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_max_freq")
+        out: dict[str, object] = {"mhz": int(cur) / 1000.0, "source": f"sysfs cpu{cpu} scaling_cur_freq", "cpu": cpu}
+        mx = _read(f"/sys/devices/system/cpu/cpu{cpu}/cpufreq/scaling_max_freq")
         if mx and mx.isdigit():
             out["max_mhz"] = int(mx) / 1000.0
         return out

@@ -37,15 +37,16 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, hostinfo, launchers, proc, reaper, runtimes
+from kit import bundle as bundle_mod, hostinfo, known_bad, launchers, proc, reaper, runtimes, schedulers
 from kit.bundle import FINAL_STATUSES, Bundle
 from kit.errors import EXIT_NOT_READY, KitError
 from kit.execute import execute
 from kit.finalize import RunRecord, finalize
-from kit.launchers import JobState, Launcher
+from kit.launchers.common import allocation_nodes
 from kit.logparse import device_memory_peaks, parse_lines
 from kit.outcome import Outcome, print_result
 from kit.plan import Plan, load as load_plan
+from kit.schedulers import JobState, Scheduler
 
 JOB_SCRIPT = "job/job.sh"
 JOB_JSON = "job/job.json"
@@ -58,18 +59,18 @@ SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats)
 
 
 # -- submission -----------------------------------------------------------------------------
-def submit(plan: Plan, b: Bundle, launcher: Launcher, console: Console):
+def submit(plan: Plan, b: Bundle, launcher: Scheduler, console: Console):
     """Write the job script into the bundle, submit it, record the job id; wait if asked."""
     path = b.path.resolve()
-    script_text = launcher.render(plan, path)
-    script = b.write_text(JOB_SCRIPT, script_text)
-    script.chmod(0o755)
     try:
+        launcher.check_job_python(plan)
+        script = b.write_text(JOB_SCRIPT, launcher.render(plan, path, warnings=known_bad.script_warnings(plan)))
+        script.chmod(0o755)
         job_id = launcher.submit(script)
     except KitError:
         shutil.rmtree(b.path, ignore_errors=True)  # nothing ran: leave no half bundle behind
         raise
-    job = {"launcher": launcher.name, "inner": launcher.inner, "job_id": job_id, "script": JOB_SCRIPT,
+    job = {"launcher": launcher.name, "inner": launcher.launcher, "job_id": job_id, "script": JOB_SCRIPT,
            "submitted": bundle_mod.now_iso(), "submit_host": socket.gethostname(), "cwd": str(Path.cwd())}
     b.write_json(JOB_JSON, job)
     reason = f"{launcher.name} job {job_id} submitted"
@@ -86,7 +87,7 @@ def submit(plan: Plan, b: Bundle, launcher: Launcher, console: Console):
 def wait(bundle_dir: Path, console: Console, *, poll_s: float | None = None):
     """Poll the bundle's job until it ends, then collect it."""
     job = _job(bundle_dir)
-    launcher = launchers.get(job["launcher"])
+    launcher = schedulers.get(job["launcher"])
     last = None
     while True:
         st = launcher.poll(job["job_id"])
@@ -116,8 +117,6 @@ def job_id_from_env(environ: dict[str, str] | None = None) -> str | None:
 
 def run_inside_job(bundle_dir: Path, console: Console) -> int:
     """``kit job-run``: start, watch and finalize the bundle's plan on the job's nodes."""
-    from kit.launchers.mpirun import allocation_nodes
-
     bundle_dir = Path(bundle_dir).resolve()
     b = Bundle.open(bundle_dir)
     if b.manifest.status in FINAL_STATUSES:
@@ -125,8 +124,8 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
                        fix="submit a new run; a bundle records one run")
     plan = load_plan(bundle_dir / "plan.json")
     job = _job(bundle_dir) if (bundle_dir / JOB_JSON).is_file() else {"launcher": plan.launcher}
-    launcher = launchers.get(plan.launcher)
-    inner = launcher.inner or plan.launcher
+    scheduler = schedulers.get(plan.launcher)
+    inner = scheduler.launcher
     job_id = job_id_from_env() or job.get("job_id")
     nodes = allocation_nodes()
     head = socket.gethostname()
@@ -141,7 +140,7 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
                             "kit_pid": os.getpid(), "kit_started": proc.identity()["started"]})
     b.set_status("running", f"{plan.launcher} job {job_id} running on {', '.join(nodes)}")
 
-    step = _start_node_monitors(plan, bundle_dir, inner, head, b.id)
+    step = _start_node_monitors(plan, bundle_dir, scheduler, head, b.id)
     # this node's ranks, written every few seconds: what `kit collect` keeps if the job dies
     keeper = _SnapshotWriter(bundle_dir, plan, b.id).start()
 
@@ -152,7 +151,7 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
         return read_node_monitors(bundle_dir, exclude={head})
 
     outcome = execute(plan, b, console, launcher_name=inner, extra_provenance={"job": info},
-                             remote_monitors=remote_monitors)
+                      remote_monitors=remote_monitors)
     sys.stdout.flush()
     sys.stderr.flush()
     # what the kit printed after finalizing went to the scheduler's output file in logs/:
@@ -201,25 +200,14 @@ class _SnapshotWriter:
                 pass
 
 
-def _start_node_monitors(plan: Plan, bundle_dir: Path, inner: str, head: str,
+def _start_node_monitors(plan: Plan, bundle_dir: Path, scheduler: Scheduler, head: str,
                          run_id: str) -> subprocess.Popen | None:
     """One ``kit job-monitor`` per node besides this one (multi-node jobs only)."""
     if plan.nodes <= 1:
         return None
-    mon = [sys.executable, "-m", "kit", "job-monitor", str(bundle_dir), "--head", head]
-    if inner == "srun":
-        argv = ["srun", "--overlap", "--nodes", str(plan.nodes), "--ntasks", str(plan.nodes), "--ntasks-per-node", "1",
-                "--cpus-per-task", "1", "--cpu-bind=none", *mon]
-    elif inner == "mpirun":
-        from kit.launchers.mpirun import flavour
-
-        if flavour() != "openmpi":
-            # Fujitsu MPI: a second mpiexec with one process per node needs a --vcoordfile
-            # listing each node once; not verified on Fugaku yet, so only the head node is watched.
-            return None
-        argv = ["mpirun", *(["--allow-run-as-root"] if os.geteuid() == 0 else []), "-np", str(plan.nodes),
-                "--map-by", "ppr:1:node", "--bind-to", "none", *mon]
-    else:
+    argv = scheduler.node_monitor_argv(plan, [sys.executable, "-m", "kit", "job-monitor", str(bundle_dir),
+                                              "--head", head])
+    if argv is None:
         return None
     log = (bundle_dir / "logs" / "job-monitor.log").open("w")
     try:  # the run's id in its environment: reaper.stop signals only the run's own processes
@@ -299,7 +287,7 @@ def status(bundle_dir: Path) -> dict[str, Any]:
     job = _job(bundle_dir)
     out["job"] = {"launcher": job["launcher"], "job_id": job["job_id"], "state": None, "reason": None, "ended": None}
     if m.status not in FINAL_STATUSES:
-        st = launchers.get(job["launcher"]).poll(job["job_id"])
+        st = schedulers.get(job["launcher"]).poll(job["job_id"])
         out["job"].update(state=st.state, reason=st.reason or None, ended=st.ended)
     return out
 
@@ -314,14 +302,14 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
         b = Bundle.open(bundle_dir)
         if b.manifest.status == "interrupted" and "job manager:" not in b.manifest.reason:
             # the kit stopped the ranks on a signal: say what the job manager did (cancel, time limit)
-            st = state or launchers.get(job["launcher"]).poll(job["job_id"])
+            st = state or schedulers.get(job["launcher"]).poll(job["job_id"])
             if st.ended:
                 b.finalize("interrupted", f"{b.manifest.reason}; job manager: {job['launcher']} job "
                                           f"{job['job_id']} {st.state}" + (f" ({st.reason})" if st.reason else ""))
         out = Outcome(status=b.manifest.status, reason=b.manifest.reason, bundle=b)
         print_result(out, console)
         return out
-    launcher = launchers.get(job["launcher"])
+    launcher = schedulers.get(job["launcher"])
     st = state or launcher.poll(job["job_id"])
     if not st.ended:
         console.print(f"{job['launcher']} job {job['job_id']} has not ended ({st.state}); collect it when it has, "
@@ -351,21 +339,10 @@ def _await_job_kit(bundle_dir: Path, job: dict[str, Any], grace_s: float | None 
         time.sleep(0.5)
 
 
-def _stats(bundle_dir: Path, launcher: str) -> dict[str, str]:
-    if launcher != "pjm":
-        return {}
-    from kit.launchers.pjm import parse_stats
-
-    out: dict[str, str] = {}
-    for p in sorted((bundle_dir / "logs").glob("pjm.*.stats")):
-        out.update(parse_stats(p.read_text(errors="replace")))
-    return out
-
-
-def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: JobState, console: Console):
+def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Scheduler, st: JobState, console: Console):
     """The job ended before ``kit job-run`` finalized the bundle: finalize it from what is left."""
     plan = load_plan(b.path / "plan.json")
-    stats = _stats(b.path, launcher.name)
+    stats = launcher.stats(b.path)
     state = st.state
     why = st.reason
     if stats:
@@ -385,13 +362,13 @@ def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Launcher, st: Jo
     log_path = b.logs / "launcher.log"
     log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
     records = parse_lines(log_text.splitlines())
-    inner = launchers.get(launcher.inner or launcher.name)
+    inner = launchers.get(launcher.launcher)
     argv_line = next((ln[len("# kit: "):] for ln in log_text.splitlines() if ln.startswith("# kit: ")), "")
     monitors = read_node_monitors(b.path)
     rt = runtimes.get(plan.runtime, image=plan.image)
     kit_env = {**plan.env, "KIT_RUN_ID": b.id}
     started = job.get("started") or job.get("submitted") or b.manifest.created
-    info = {"id": job["job_id"], "launcher": launcher.name, "inner_launcher": launcher.inner,
+    info = {"id": job["job_id"], "launcher": launcher.name, "inner_launcher": launcher.launcher,
             "nodes": job.get("nodes"), "head_node": job.get("head_node"), "state": state, "scheduler_reason": why,
             "scheduler_stats": stats or None, "script_path": JOB_SCRIPT,
             "script": (b.path / JOB_SCRIPT).read_text() if (b.path / JOB_SCRIPT).is_file() else None,

@@ -74,6 +74,11 @@ def check(plan: "Plan") -> list[KnownBad]:
     return [kb for kb in TABLE if kb.matches(plan)]
 
 
+def script_warnings(plan: "Plan") -> list[str]:
+    """Lines a job script carries for the entries ``plan`` matches (handed to ``Scheduler.render``)."""
+    return [f"(known bad, submitted with --force only): {kb.what}: {kb.seen}." for kb in check(plan)]
+
+
 def message(found: list[KnownBad]) -> str:
     return "; ".join(f"{kb.what}: {kb.seen} (source: {kb.source})" for kb in found)
 

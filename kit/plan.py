@@ -1,35 +1,31 @@
 """The plan: a run fully resolved and validated. Every later step reads only the plan.
 
-``resolve()`` takes a recipe (with ``--set`` overrides), presets, a launcher, a runtime and
-a node count, and decides: the parallel layout (DP derived when the recipe leaves it
-open), world size, ranks and threads per node, the pinned argv, the environment the kit
-sets on purpose (allocator preload, threads, run id), and for each preset setting who
-applies it, or that nobody can here.
+``resolve()`` takes a recipe (with ``--set`` overrides), presets, a launcher or scheduler
+(``--launcher``: local, mpirun, srun, or slurm, pjm), a runtime and a node count, and
+decides: the parallel layout (DP derived when the recipe leaves it open), world size,
+ranks and threads per node, the pinned argv, the environment the kit sets on purpose
+(allocator preload, threads, run id), and for each preset setting who applies it and
+with which directive, or that nobody can here (``kit.settings``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from kit import allocator, hostinfo, jobopts, launchers, preset as preset_mod, recipe as recipe_mod, runtimes
+from kit import (engines, hostinfo, jobopts, launchers, preset as preset_mod, recipe as recipe_mod, runtimes, schedulers,
+                 settings as settings_mod, site as site_mod)
 from kit.errors import KitError
+from kit.launchers import Launcher
+from kit.launchers.common import flavour
 from kit.preset import Preset
 from kit.recipe import Recipe, check_batch
-
-
-class Setting(BaseModel):
-    """One machine setting: what was asked, who applies it, and what was seen."""
-    name: str
-    requested: Any = None
-    status: Literal["applied", "not-applied", "not-requested"] = "not-requested"
-    applied_by: str | None = None
-    note: str = ""
-    seen: Any = None
-    verified: bool | None = None
+from kit.schedulers import Scheduler
+from kit.settings import Setting
+from kit.site import Site
 
 
 class JobOptions(BaseModel):
@@ -85,6 +81,12 @@ class Plan(BaseModel):
     settings: list[Setting]
     job: JobOptions = JobOptions()
     force: bool = False
+    site: Site | None = None
+
+    @property
+    def batch(self) -> bool:
+        """Run as a batch job (``--launcher slurm|pjm``), not from here."""
+        return self.launcher in schedulers.names()
 
     def setting(self, name: str) -> Setting:
         return next(s for s in self.settings if s.name == name)
@@ -138,7 +140,7 @@ def _layout(recipe: Recipe, preset: Preset, nodes: int, where: str) -> tuple[int
 def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str] | None = None,
             preset_names: list[str] | None = None, launcher: str = "local", runtime: str | None = None,
             image: str | None = None, nodes: int = 1, job: JobOptions | None = None, force: bool = False,
-            cores_per_node: int | None = None) -> Plan:
+            cores_per_node: int | None = None, site: str | None = None) -> Plan:
     overrides = list(overrides or [])
     preset_names = list(preset_names or [preset_mod.DEFAULT_PRESET])
     if nodes < 1:
@@ -153,69 +155,71 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
     rt = runtimes.get(runtime, image=image)
     if runtime != "host" and not image:
         raise KitError(f"runtime {runtime} needs an image", where="--image", fix="pass --image REF (see `kit image build`)")
-    launch = launchers.get(launcher)
+    launch = backend(launcher)
+    batch = isinstance(launch, Scheduler)
+    where_site = site_mod.select(site, launcher) if batch else None
+    job = job or JobOptions()
+    if where_site and where_site.group and not job.account:
+        job = job.model_copy(update={"account": where_site.group})
 
-    cores = cores_per_node or launch.cores_per_node() or hostinfo.usable_cores()
+    cores = (cores_per_node or (where_site and where_site.cores_per_node) or launch.cores_per_node()
+             or hostinfo.usable_cores())
     threads = preset.threads_per_rank or max(1, cores // rpn)
 
     env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}
+    if where_site and where_site.interface:
+        env["GLOO_SOCKET_IFNAME"] = where_site.interface  # gloo's sockets on the site's network (Tofu)
     env.update(preset.env)
     # On a batch system the ranks run on compute nodes, which may not be this (login) node
     # (Fugaku's login nodes are x86-64): unless $KIT_TCMALLOC names the library, tcmalloc is
-    # resolved where the ranks run (kit.runner.execute), not here.
-    defer_allocator = (launch.batch and runtime == "host" and preset.allocator == "tcmalloc"
+    # resolved where the ranks run (kit.settings.allocator_on_node, by kit job-run), not here.
+    defer_allocator = (batch and runtime == "host" and preset.allocator == "tcmalloc"
                        and not os.environ.get("KIT_TCMALLOC"))
-    lib = None if defer_allocator else allocator.resolve(
-        preset.allocator, find=getattr(rt, "find_tcmalloc", allocator.find_tcmalloc))
+    lib = None if defer_allocator else settings_mod.allocator_library(
+        preset.allocator, find=getattr(rt, "find_tcmalloc", None))
     if lib:
-        env["LD_PRELOAD"] = lib if not os.environ.get("LD_PRELOAD") else f"{lib}:{os.environ['LD_PRELOAD']}"
-
-    settings: list[Setting] = []
-    for key in ("freq_mhz", "retention_state", "eco_state"):
-        value = getattr(preset, key)
-        how = launch.applies(key, value) if value is not None else None
-        if value is None:
-            settings.append(Setting(name=key))
-        elif how:
-            settings.append(Setting(name=key, requested=value, status="applied", applied_by=how))
-        else:
-            settings.append(Setting(name=key, requested=value, status="not-applied",
-                                    note=f"set by the job manager (PJM -L, Slurm --cpu-freq); the {launcher} launcher "
-                                         f"cannot apply it, so it is recorded as requested, not applied"))
+        env["LD_PRELOAD"] = settings_mod.preload(lib)
     if defer_allocator:
-        alloc_by = "LD_PRELOAD, resolved on the compute node by kit job-run"
+        alloc_by = f"LD_PRELOAD={preset.allocator}, resolved on the compute node by kit job-run (set for the ranks only)"
     elif lib:
         alloc_by = f"LD_PRELOAD={lib}"
     else:
-        alloc_by = "default allocator" if preset.allocator == "glibc" else None
-    settings.append(Setting(name="allocator", requested=preset.allocator or "glibc",
-                            status="applied" if alloc_by else "not-requested", applied_by=alloc_by))
-    settings.append(Setting(name="ranks_per_node", requested=rpn, status="applied",
-                            applied_by=launch.applies("ranks_per_node", rpn) or f"{launcher} launcher"))
-    settings.append(Setting(name="threads_per_rank", requested=threads, status="applied",
-                            applied_by=f"OMP_NUM_THREADS={threads}",
-                            note="" if preset.threads_per_rank else f"{cores} cores / {rpn} ranks per node"))
-    if preset.env:
-        settings.append(Setting(name="env", requested=dict(preset.env), status="applied", applied_by="environment"))
+        alloc_by = "default allocator"
+    settings = settings_mod.resolve(
+        {**preset.settings(), "allocator": preset.allocator or "glibc", "ranks_per_node": rpn,
+         "threads_per_rank": threads},
+        launcher, applied_by={"allocator": alloc_by},
+        notes={"threads_per_rank": "" if preset.threads_per_rank else f"{cores} cores / {rpn} ranks per node"},
+        mpi=flavour())
 
+    # the ranks of a batch job on the host run the site's job-side Python (kit.site)
+    python = where_site.job_python if where_site and where_site.job_python and runtime == "host" else rt.python
     plan = Plan(
         recipe=recipe, preset=preset, recipe_name=recipe.name, preset_names=preset_names,
         recipe_file=str(recipe_path), preset_files=[str(p) for p in preset_paths], overrides=overrides,
         launcher=launcher, runtime=runtime, image=image, nodes=nodes, dp=dp, world_size=world,
-        ranks_per_node=rpn, threads_per_rank=threads, python=rt.python,
-        rank_argv=recipe.render_command(python=rt.python), env=env, settings=settings,
-        job=job or JobOptions(), force=force,
+        ranks_per_node=rpn, threads_per_rank=threads, python=python,
+        rank_argv=recipe.render_command(python=python), env=env, settings=settings,
+        job=job, force=force, site=where_site,
     )
     launch.validate(plan)
     return plan
 
 
-def _default_image_runtime() -> str:
-    import shutil
+def backend(name: str) -> Scheduler | Launcher:
+    """The scheduler (slurm, pjm) or launcher (local, mpirun, srun) that ``--launcher name`` means."""
+    if name in schedulers.names():
+        return schedulers.get(name)
+    if name in launchers.names():
+        return launchers.get(name)
+    raise KitError(f"unknown launcher {name!r}", where="--launcher",
+                   fix=f"use one of: {', '.join(sorted([*launchers.names(), *schedulers.names()]))}")
 
-    for engine in ("apptainer", "singularity", "podman", "docker"):
-        if shutil.which(engine):
-            return engine
+
+def _default_image_runtime() -> str:
+    engine = engines.first_on_path()
+    if engine:
+        return engine
     raise KitError("an image was given but no container engine was found", where="--image",
                    fix="install apptainer/singularity or podman, or drop --image to run on the host")
 

@@ -1,6 +1,7 @@
 """Presets: named machine settings in YAML (``env/*.yaml``) that compose.
 
-A preset sets any of: CPU frequency (MHz), retention_state, eco_state, allocator
+A preset sets any of: CPU frequency (MHz), retention_state, eco_state, throttling_state,
+issue_state, ex_pipe_state (Fugaku's power knobs; see ``kit.settings``), allocator
 (``glibc`` | ``tcmalloc`` | a library path), ranks per node, threads per rank and extra
 environment variables. ``extends: [a, b]`` composes presets (later wins; ``env`` merges),
 and so does giving ``--preset`` several times. Settings left unset stay unset: the plan
@@ -20,7 +21,8 @@ from kit.configfile import read_yaml, validate
 from kit.errors import KitError
 
 DEFAULT_PRESET = "tuned"
-SETTING_KEYS = ("freq_mhz", "retention_state", "eco_state", "allocator", "ranks_per_node", "threads_per_rank")
+SETTING_KEYS = ("freq_mhz", "retention_state", "eco_state", "throttling_state", "issue_state", "ex_pipe_state",
+                "allocator", "ranks_per_node", "threads_per_rank")
 
 
 class Preset(BaseModel):
@@ -32,6 +34,9 @@ class Preset(BaseModel):
     freq_mhz: int | None = Field(default=None, ge=100, le=10000, description="CPU frequency in MHz (2000, 2200 on A64FX)")
     retention_state: int | None = Field(default=None, ge=0, le=1)
     eco_state: int | None = Field(default=None, ge=0, le=2)
+    throttling_state: int | None = Field(default=None, ge=0, le=1, description="PJM power knob (0: normal)")
+    issue_state: int | None = Field(default=None, ge=0, le=1, description="PJM power knob (0: normal)")
+    ex_pipe_state: int | None = Field(default=None, ge=0, le=1, description="PJM power knob (0: normal)")
     allocator: str | None = Field(default=None, description="glibc | tcmalloc | /path/to/lib.so")
     ranks_per_node: int | None = Field(default=None, gt=0)
     threads_per_rank: int | None = Field(default=None, gt=0)

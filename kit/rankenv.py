@@ -11,8 +11,10 @@ The others, in the order they are tried:
   LOCAL_RANK / LOCAL_SIZE.
 - ``fjmpi`` (Fujitsu MPI under PJM, when the OMPI_COMM_WORLD_* names are absent): the rank
   from PMIX_RANK (or OMPI_MCA_orte_ess_vpid), the world size from PJM_MPI_PROC (the job's
-  ``--mpi proc=``), the node-local rank from PLE_RANK_ON_NODE (or FLIB_RANK_ON_NODE /
-  OMPI_PLE_RANK_ON_NODE), ranks per node from PJM_PROC_BY_NODE.
+  ``--mpi proc=``) or KIT_WORLD_SIZE (the kit's mpiexec line), the node-local rank from
+  PLE_RANK_ON_NODE (or FLIB_RANK_ON_NODE / OMPI_PLE_RANK_ON_NODE), else RANK modulo the
+  ranks per node (PJM_PROC_BY_NODE or KIT_RANKS_PER_NODE): in a public user's log only
+  PMIX_RANK was set.
 - ``pmix`` (other PMIx launchers): PMIX_RANK with OMPI_UNIVERSE_SIZE, MPI_LOCALRANKID.
 
 DeepSpeed reads none of the latter itself (without RANK it falls back to mpi4py discovery),
@@ -34,9 +36,9 @@ _SOURCES: list[tuple[str, dict[str, tuple[str, ...]]]] = [
                "LOCAL_RANK": ("SLURM_LOCALID",), "LOCAL_WORLD_SIZE": ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")}),
     ("mpi", {"RANK": ("OMPI_COMM_WORLD_RANK",), "WORLD_SIZE": ("OMPI_COMM_WORLD_SIZE",),
              "LOCAL_RANK": ("OMPI_COMM_WORLD_LOCAL_RANK",), "LOCAL_WORLD_SIZE": ("OMPI_COMM_WORLD_LOCAL_SIZE",)}),
-    ("fjmpi", {"RANK": ("PMIX_RANK", "OMPI_MCA_orte_ess_vpid"), "WORLD_SIZE": ("PJM_MPI_PROC",),
+    ("fjmpi", {"RANK": ("PMIX_RANK", "OMPI_MCA_orte_ess_vpid"), "WORLD_SIZE": ("PJM_MPI_PROC", "KIT_WORLD_SIZE"),
                "LOCAL_RANK": ("PLE_RANK_ON_NODE", "FLIB_RANK_ON_NODE", "OMPI_PLE_RANK_ON_NODE"),
-               "LOCAL_WORLD_SIZE": ("PJM_PROC_BY_NODE",)}),
+               "LOCAL_WORLD_SIZE": ("PJM_PROC_BY_NODE", "KIT_RANKS_PER_NODE")}),
     ("pmix", {"RANK": ("PMIX_RANK",), "WORLD_SIZE": ("OMPI_UNIVERSE_SIZE",), "LOCAL_RANK": ("MPI_LOCALRANKID",),
               "LOCAL_WORLD_SIZE": ("MPI_LOCALNRANKS",)}),
 ]
@@ -84,6 +86,9 @@ def resolve(environ: MutableMapping[str, str] | None = None) -> str:
             value = _first(env, names)
             if value is not None:
                 env.setdefault(target, value.split("(")[0].split(",")[0])
+        if "LOCAL_RANK" not in env and "LOCAL_WORLD_SIZE" in env:
+            # ranks fill each node in turn (Fujitsu MPI with max-proc-per-node)
+            env["LOCAL_RANK"] = str(int(env["RANK"]) % int(env["LOCAL_WORLD_SIZE"]))
         env.setdefault("LOCAL_RANK", "0")
         env.setdefault("LOCAL_WORLD_SIZE", env["WORLD_SIZE"])
     env.setdefault("MASTER_ADDR", "127.0.0.1")

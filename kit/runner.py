@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import jobs, known_bad, launchers, redact
+from kit import jobs, known_bad, redact, schedulers
 from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.execute import execute
@@ -32,8 +32,7 @@ def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, A
     """``extra_files``: JSON documents written into the bundle with its inputs (e.g. a sweep's
     ``sweep.json`` with the point key), so they are checksummed with the rest."""
     seen_bad = known_bad.enforce(plan, console)  # KitError unless --force
-    launcher = launchers.get(plan.launcher)
-    if launcher.batch:
+    if plan.batch:
         refuse_secrets(plan)
     b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name)
     write_inputs(b, plan)
@@ -41,8 +40,8 @@ def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, A
         b.write_json("known_bad.json", {"forced": True, "matches": seen_bad})
     for name, doc in (extra_files or {}).items():
         b.write_json(name, doc)
-    if launcher.batch:
-        return jobs.submit(plan, b, launcher, console)
+    if plan.batch:
+        return jobs.submit(plan, b, schedulers.get(plan.launcher), console)
     return execute(plan, b, console)
 
 

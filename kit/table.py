@@ -2,13 +2,15 @@
 
 Columns: Nodes, Size, DP, TP, PP, MBS, GBS, Mem, Sec/it, TFLOPs, Est. Aggr. PetaFLOPs,
 Notes. The preset's settings are written the way the table writes them next to the node
-count (``1 (2.2Hz, LD_PRELOAD=libtcmalloc.so, "retention_state=0")``); ``-`` marks what was
+count (each knob's label and baseline are declared in ``kit.settings``) (``1 (2.2Hz, LD_PRELOAD=libtcmalloc.so, "retention_state=0")``); ``-`` marks what was
 not measured and ``^^`` a run that stalled.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from kit import settings
 
 HEADER = ("| Nodes | Size | DP | TP | PP | MBS |  GBS | Mem  | Sec/it | TFLOPs |Est. Aggr. PetaFLOPs| Notes |\n"
           "| ----: | ---: | -: | -: | -: | --: |  --: | ---: | -----: | -----: | ---: | ----: |")
@@ -29,24 +31,6 @@ def gpt_params(layers: int, hidden: int, vocab: int, seq: int) -> float:
     return 12 * layers * hidden * hidden + 13 * layers * hidden + vocab * hidden + seq * hidden + 2 * hidden
 
 
-def settings_label(settings: dict[str, Any], ranks_per_node: int) -> str:
-    """The table's way of writing a preset: ``max-proc-per-node=4, 2.2Hz, LD_PRELOAD=..., "retention_state=0"``."""
-    parts = []
-    if ranks_per_node and ranks_per_node > 1:
-        parts.append(f"max-proc-per-node={ranks_per_node}")
-    freq = settings.get("freq_mhz")
-    if freq and freq != 2000:
-        parts.append(f"{freq / 1000:.1f}Hz")
-    alloc = settings.get("allocator")
-    if alloc and alloc != "glibc":
-        parts.append("LD_PRELOAD=libtcmalloc.so" if alloc == "tcmalloc" else f"LD_PRELOAD={alloc.rsplit('/', 1)[-1]}")
-    if settings.get("retention_state") == 0:
-        parts.append('"retention_state=0"')
-    if settings.get("eco_state") is not None:
-        parts.append(f'"eco_state={settings["eco_state"]}"')
-    return ", ".join(parts)
-
-
 def fmt(value: Any, spec: str, unit: str = "") -> str:
     return "-" if value is None else f"{value:{spec}}{unit}"
 
@@ -59,11 +43,6 @@ def row(*, nodes: int, size: str, dp: int, tp: int, pp: int, mbs: int, gbs: int,
     return (f"| {node_cell} | {size} | {dp} | {tp} | {pp} | {mbs} | {gbs} | {fmt(mem_mib, '.1f', ' MiB')} | "
             f"{fmt(sec_per_iter, '.1f' if (sec_per_iter or 0) >= 10 else '.3f')} | {fmt(tflops, '.2f' if (tflops or 0) >= 0.01 else '.4f')} | "
             f"{fmt(pflops, '.4f' if (pflops or 0) >= 0.0001 else '.2e')} | {note} |")
-
-
-#: settings in the order the table lists single-setting rows (retention, frequency, allocator)
-_SETTING_ORDER = {"retention_state": 1, "freq_mhz": 2, "allocator": 3, "eco_state": 4}
-_DEFAULTS = {"retention_state": 1, "freq_mhz": 2000, "allocator": "glibc", "eco_state": None}
 
 
 def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
@@ -82,14 +61,13 @@ def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: di
     job = (provenance.get("job") or {}).get("job_id") or (provenance.get("scheduler") or {}).get("job_id")
     status = manifest.get("status", "ok")
     ok = status == "ok"
-    changed = sorted((k for k, v in requested.items() if k in _SETTING_ORDER and v is not None and v != _DEFAULTS[k]),
-                     key=_SETTING_ORDER.__getitem__)
+    requested["ranks_per_node"] = plan["ranks_per_node"]
     return {
         "id": manifest.get("id"), "status": status, "reason": manifest.get("reason", ""),
         "recipe": plan.get("recipe") or manifest.get("recipe"), "presets": plan.get("presets") or [manifest.get("preset")],
         "overrides": plan.get("overrides", []), "size": model_size(params), "params": params,
         "seq": model.get("seq"), "checkpoint_activations": bool(model.get("checkpoint_activations")),
-        "nodes": plan["nodes"], "ranks_per_node": plan["ranks_per_node"], "label": settings_label(requested, plan["ranks_per_node"]),
+        "nodes": plan["nodes"], "ranks_per_node": plan["ranks_per_node"], "label": settings.label(requested),
         "dp": plan["dp"], "tp": plan["tp"], "pp": plan["pp"], "mbs": plan["micro_batch"], "gbs": plan["global_batch"],
         "mem_mib": summary.get("peak_mem_mib"),
         "device_mem_mib": summary.get("device_peak_reserved_mib"),  # GPU runs; None on CPUs
@@ -99,7 +77,7 @@ def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: di
         "final_loss": summary.get("final_loss"), "iterations_logged": summary.get("iterations_logged"),
         "date": created[5:10], "created": created, "job_id": job,
         "note": " ".join(x for x in (created[5:10], f"job {job}" if job else "") if x),
-        "setting_order": [_SETTING_ORDER[k] for k in changed],
+        "setting_order": settings.row_order(requested),
     }
 
 

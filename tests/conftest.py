@@ -103,7 +103,7 @@ def slurm_cluster():
 def pjm_standins(tmp_path):
     """PATH with the PJM/Fujitsu-MPI stand-ins (tests/standins, not the real tools) first."""
     return {"PATH": f"{STANDINS}{os.pathsep}{os.environ.get('PATH', '')}", "PJM_STANDIN_DIR": str(tmp_path / "pjm"),
-            "KIT_POLL_S": "1"}
+            "KIT_POLL_S": "1", "KIT_SITE": str(Path(STANDINS) / "site.yaml")}
 
 
 def run_pids(run_id: str) -> list[int]:

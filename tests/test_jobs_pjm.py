@@ -27,7 +27,10 @@ def test_pjm_two_ranks_wait(pjm_standins, tmp_path):
     assert prov["job"]["id"] == job["job_id"] == prov["job"]["scheduler_vars"]["PJM_JOBID"]
     assert prov["run"]["argv"][:2] == ["mpiexec", "-np"] and "-std-proc" in prov["run"]["argv"]
     assert sorted(m["ranks"]) == ["0", "1"]
-    assert sorted(p.name for p in (b / "logs" / "stdproc").iterdir()) == ["out.1.0", "out.1.1"]
+    # -std-proc split as on Fugaku (%j/%m/%/1000r, the stand-in site): logs/stdproc/JOB/1/0/out.1.R
+    assert sorted(p.relative_to(b / "logs" / "stdproc").as_posix() for p in (b / "logs" / "stdproc").rglob("out.*")) == \
+        [f"{job['job_id']}/1/0/out.1.0", f"{job['job_id']}/1/0/out.1.1"]
+    assert load(b, "plan.json")["env"]["GLOO_SOCKET_IFNAME"] == "lo"
     assert len(m["iterations"]) == 6  # followed from the per-rank files
     files = read_manifest(b).files
     assert any(f.endswith(".stats") for f in files)  # written after the kit finalized, folded in

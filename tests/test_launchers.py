@@ -5,17 +5,22 @@ from __future__ import annotations
 import pytest
 
 from conftest import kit_cli
-from kit import known_bad, launchers, plan as plan_mod, rankenv
+from kit import known_bad, launchers, plan as plan_mod, rankenv, schedulers
 from kit.errors import KitError
-from kit.launchers.mpirun import MpirunLauncher, _expand_slurm_nodelist, flavour
-from kit.launchers.pjm import parse_pjstat, parse_stats
+from kit.launchers.common import expand_slurm_nodelist, flavour
+from kit.launchers.mpirun import MpirunLauncher
 from kit.launchers.srun import SrunLauncher
+from kit.schedulers.pjm import parse_pjstat, parse_stats
 
 
-def test_registry_has_every_launcher():
-    assert {"local", "mpirun", "srun", "slurm", "pjm"} <= set(launchers.names())
-    assert launchers.get("slurm").batch and launchers.get("slurm").inner == "srun"
-    assert launchers.get("pjm").batch and launchers.get("pjm").inner == "mpirun"
+def test_registries_keep_launchers_and_schedulers_apart():
+    assert set(launchers.names()) == {"local", "mpirun", "srun"}
+    assert set(schedulers.names()) == {"slurm", "pjm"}
+    assert schedulers.get("slurm").launcher == "srun" and schedulers.get("pjm").launcher == "mpirun"
+    assert isinstance(plan_mod.backend("pjm"), schedulers.Scheduler)
+    assert isinstance(plan_mod.backend("local"), launchers.Launcher)
+    with pytest.raises(KitError, match="local, mpirun, pjm, slurm, srun"):
+        plan_mod.backend("nosuch")
 
 
 def test_srun_task_maps_to_rank():
@@ -55,8 +60,8 @@ def test_mpi_flavour():
 
 
 def test_nodelist_expansion():
-    assert _expand_slurm_nodelist("node[01-03,07],gpu5") == ["node01", "node02", "node03", "node07", "gpu5"]
-    assert _expand_slurm_nodelist("localhost") == ["localhost"]
+    assert expand_slurm_nodelist("node[01-03,07],gpu5") == ["node01", "node02", "node03", "node07", "gpu5"]
+    assert expand_slurm_nodelist("localhost") == ["localhost"]
 
 
 def test_srun_failures_per_task():
@@ -84,11 +89,15 @@ def test_pjstat_and_stats_parsing():
 def test_slurm_script():
     p = plan_mod.resolve(recipe_name="tiny", preset_names=["boost"], overrides=["parallel.dp=2"], launcher="slurm",
                          job=plan_mod.JobOptions(time_limit="00:30:00", queue="debug", account="proj"))
-    text = launchers.get("slurm").render(p, plan_mod.Path("/r/b1"))
+    text = schedulers.get("slurm").render(p, plan_mod.Path("/r/b1"))
     for line in ("#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2", f"#SBATCH --cpus-per-task={p.threads_per_rank}",
                  "#SBATCH --cpu-freq=2200000", "#SBATCH --time=00:30:00", "#SBATCH --partition=debug",
                  "#SBATCH --account=proj", "#SBATCH --output=/r/b1/logs/slurm-%j.out"):
         assert line in text.splitlines()
+    # every setting Slurm applies is in the script exactly as the plan records it
+    for s in p.settings:
+        if s.by == "slurm":
+            assert s.applied_by in text.splitlines()
     assert text.rstrip().endswith("-m kit job-run /r/b1")
     assert p.setting("freq_mhz").applied_by == "#SBATCH --cpu-freq=2200000"
     assert p.setting("retention_state").status == "not-applied"  # Slurm has no such knob
@@ -144,7 +153,10 @@ def test_cli_pjm_dry_run_prints_script_and_warns():
 
 
 def test_cli_pjm_without_pjsub_is_a_clear_error(tmp_path, monkeypatch):
-    proc = kit_cli("run", "tiny", "--launcher", "pjm", "--out", str(tmp_path), env={"PATH": "/usr/bin:/bin"})
+    from conftest import STANDINS
+
+    proc = kit_cli("run", "tiny", "--launcher", "pjm", "--out", str(tmp_path),
+                   env={"PATH": "/usr/bin:/bin", "KIT_SITE": str(STANDINS / "site.yaml")})
     assert proc.returncode == 2
     assert "pjsub was not found" in proc.stderr and "--dry-run" in proc.stderr
     assert not any(tmp_path.iterdir())

@@ -1,31 +1,23 @@
-"""Launchers: how ranks are started, and by whom each machine setting is applied.
+"""Launchers: how the ranks of a run are started on the node(s) the kit runs on.
 
-One module per launcher, registered by name (ReFrame-style), behind one interface:
-
-- *direct* launchers start the ranks of a run from the current process and return the
-  argv to run: ``local`` (torchrun), ``mpirun`` (OpenMPI / Fujitsu MPI), ``srun`` (inside a
-  Slurm allocation);
-- *batch* launchers write a job script that runs ``kit job-run`` on the allocated node(s),
-  which then starts the ranks with the batch launcher's ``inner`` direct launcher:
-  ``slurm`` (sbatch + srun) and ``pjm`` (pjsub + mpiexec).
-
-Each launcher also says which preset settings it applies and how (``applies``): the
-job manager owns frequency and retention state on PJM, ``--cpu-freq`` on Slurm; a
-workstation applies neither, and the plan records that instead of pretending.
+One module per launcher, registered by name (ReFrame's ``JobLauncher``): ``local``
+(torchrun), ``mpirun`` (OpenMPI, or Fujitsu MPI's ``mpiexec`` inside a PJM job), ``srun``
+(inside a Slurm allocation). A launcher builds the rank command, follows the ranks'
+output and reads per-rank failures from it; it knows nothing of job scripts (those are
+``kit.schedulers``) nor of presets (``kit.settings`` decides what each launcher applies
+and hands it the exact words in the plan's settings). What launchers and schedulers share
+lives in ``kit.launchers.common``; no launcher imports another.
 """
 
 from __future__ import annotations
 
 import abc
+import shlex
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 from kit.errors import KitError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from kit.plan import Plan
 
 _REGISTRY: dict[str, type["Launcher"]] = {}
 
@@ -38,37 +30,28 @@ def register(name: str):
     return deco
 
 
-@dataclass
-class JobState:
-    """What a batch job is doing: pending, running, or ended (and how)."""
-    state: str  # pending | running | completed | failed | cancelled | timeout | unknown
-    ended: bool
-    exit_code: int | None = None
-    reason: str = ""
-
-
 class Launcher(abc.ABC):
     name: ClassVar[str] = "?"
-    batch: ClassVar[bool] = False
-    #: for batch launchers: the direct launcher used inside the job
-    inner: ClassVar[str | None] = None
     #: True when the launcher itself runs inside the image and starts the ranks there
     #: (torchrun); False when it starts each rank on the host (mpirun, srun, mpiexec), so
     #: the runtime wraps each rank: ``mpiexec … singularity exec IMAGE python -m …``.
     inside_runtime: ClassVar[bool] = False
 
-    # -- settings -------------------------------------------------------------------------
-    def applies(self, setting: str, value: object) -> str | None:
-        """How this launcher applies ``setting`` (e.g. ``#PJM -L freq=2200``), or None if it cannot."""
-        return None
-
-    def validate(self, plan: "Plan") -> None:
+    def validate(self, plan: Any) -> None:
         """Refuse plans this launcher cannot run (raise KitError)."""
 
-    # -- direct launchers -----------------------------------------------------------------
-    def command(self, plan: "Plan", rank_argv: list[str], *, python: str, log_dir: Path) -> list[str]:
-        """argv that starts every rank of ``plan`` on this node (direct launchers only)."""
-        raise NotImplementedError(f"{self.name} does not start ranks directly")
+    def cores_per_node(self) -> int | None:
+        """Cores of one node, where the launcher knows better than this host (none do today)."""
+        return None
+
+    @abc.abstractmethod
+    def command(self, plan: Any, rank_argv: list[str], *, python: str, log_dir: Path) -> list[str]:
+        """argv that starts every rank of ``plan`` on this node."""
+
+    def setting_args(self, plan: Any) -> list[str]:
+        """The argv words of the settings this launcher applies (``kit.settings``), verbatim,
+        except the layout ones, which ``command`` writes from the plan's layout."""
+        return [w for s in plan.settings if s.by == self.name and not s.layout for w in shlex.split(s.applied_by)]
 
     def failures(self, log_text: str) -> dict[int, dict[str, object]]:
         """Per-rank exit codes/signals the launcher reported in its output, if any."""
@@ -82,33 +65,12 @@ class Launcher(abc.ABC):
         assert proc.stdout is not None
         yield from proc.stdout
 
-    def cores_per_node(self) -> int | None:
-        """Cores of one allocated node, where the launcher knows better than this host (PJM: 48)."""
-        return None
-
-    # -- batch launchers ------------------------------------------------------------------
-    def render(self, plan: "Plan", bundle_dir: Path) -> str:
-        raise NotImplementedError(f"{self.name} does not write job scripts")
-
-    def submit(self, script: Path) -> str:
-        raise NotImplementedError
-
-    def poll(self, job_id: str) -> JobState:
-        raise NotImplementedError
-
-    def cancel(self, job_id: str) -> None:
-        raise NotImplementedError
-
 
 def _load_builtin() -> None:
     import importlib
 
-    for mod in ("local", "mpirun", "srun", "slurm", "pjm"):
-        try:
-            importlib.import_module(f"kit.launchers.{mod}")
-        except ModuleNotFoundError as e:
-            if e.name != f"kit.launchers.{mod}":
-                raise
+    for mod in ("local", "mpirun", "srun"):
+        importlib.import_module(f"kit.launchers.{mod}")
 
 
 def get(name: str) -> Launcher:

@@ -9,29 +9,18 @@ torchrun stops the others and reports each rank's exit code or signal.
 from __future__ import annotations
 
 import re
-import socket
 from pathlib import Path
 
 from kit.errors import KitError
 from kit.launchers import Launcher, register
+from kit.launchers.common import free_port
 
 _FAILURE = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)\s*\n\s*exitcode\s*:\s*(-?\d+)\s*\(pid:\s*(\d+)\)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @register("local")
 class LocalLauncher(Launcher):
     inside_runtime = True
-
-    def applies(self, setting: str, value: object) -> str | None:
-        if setting == "ranks_per_node":
-            return f"torchrun --nproc-per-node {value}"
-        return None
 
     def validate(self, plan) -> None:
         if plan.nodes != 1:
@@ -44,7 +33,7 @@ class LocalLauncher(Launcher):
             "--nnodes", "1", "--nproc-per-node", str(plan.ranks_per_node),
             "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
             "--log-dir", str(log_dir / "torchrun"), "--redirects", "3", "--tee", "3",
-            "--no-python", *rank_argv,
+            *self.setting_args(plan), "--no-python", *rank_argv,
         ]
 
     def failures(self, log_text: str) -> dict[int, dict[str, object]]:

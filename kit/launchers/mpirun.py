@@ -3,9 +3,9 @@
 Both flavours start the pinned command once per rank; the ranks find who they are from the
 MPI launcher's variables (``OMPI_COMM_WORLD_*``; under PJM also ``PMIX_RANK``,
 ``PLE_RANK_ON_NODE``, ``PJM_MPI_PROC``), mapped by :mod:`kit.rankenv` in the workload.
-MASTER_ADDR/MASTER_PORT (torch.distributed's rendezvous on gloo) are set here: the first
-node of the allocation (127.0.0.1 on one node) and a port free on this node, which is the
-node where rank 0 starts.
+MASTER_ADDR/MASTER_PORT (torch.distributed's rendezvous on gloo) are set here
+(``kit.launchers.common.rendezvous``): the first node of the allocation (127.0.0.1 on one
+node) and a port free on this node, which is the node where rank 0 starts.
 
 - OpenMPI: ``mpirun -np W --map-by ppr:K:node --bind-to none --output-filename
   logs/mpirun -x VAR ...``. OpenMPI 4 writes each rank's output under
@@ -24,7 +24,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -33,89 +32,15 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.launchers import Launcher, register
-from kit.launchers.local import free_port
-
-#: variables the kit sets for the ranks besides plan.env (see kit.runner.execute)
-KIT_VARS = ("KIT_RUN_ID", "PYTHONUNBUFFERED")
+from kit.launchers.common import KIT_VARS, flavour, mpiexec_argv, rendezvous
 
 _OMPI_FAIL = re.compile(r"Process name:\s*\[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s*(-?\d+)")
 _OMPI_SIGNAL = re.compile(r"rank (\d+) with PID (\d+) on node \S+ exited on signal (\d+)")
 _FJ_FAIL = re.compile(r"rank\s*[=:]?\s*(\d+).{0,80}?(?:exit(?:ed)?(?: with)?(?: status| code)?)\s*[=:]?\s*(-?\d+)", re.I)
 
 
-# -- the allocation -------------------------------------------------------------------------
-def allocation_nodes(environ: dict[str, str] | None = None) -> list[str]:
-    """The nodes of the current job, first node first (this host when not in a job)."""
-    env = os.environ if environ is None else environ
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
-    if nodelist:
-        if shutil.which("scontrol"):
-            try:
-                out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                                     timeout=30)
-                if out.returncode == 0 and out.stdout.strip():
-                    return out.stdout.split()
-            except (OSError, subprocess.SubprocessError):
-                pass
-        return _expand_slurm_nodelist(nodelist)
-    nodeinf = env.get("PJM_O_NODEINF")
-    if nodeinf and Path(nodeinf).is_file():
-        nodes = [ln.split()[0] for ln in Path(nodeinf).read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-        if nodes:
-            return nodes
-    return [socket.gethostname()]
-
-
-def _expand_slurm_nodelist(text: str) -> list[str]:
-    """``node[01-03,07],gpu5`` -> node01 node02 node03 node07 gpu5 (no scontrol needed)."""
-    out: list[str] = []
-    for m in re.finditer(r"([^,\[]+)(?:\[([^\]]+)\])?", text):
-        prefix, ranges = m.group(1), m.group(2)
-        if not ranges:
-            out.append(prefix)
-            continue
-        for part in ranges.split(","):
-            if "-" in part:
-                a, b = part.split("-", 1)
-                out.extend(f"{prefix}{i:0{len(a)}d}" for i in range(int(a), int(b) + 1))
-            else:
-                out.append(prefix + part)
-    return out
-
-
-def rendezvous(plan, environ: dict[str, str] | None = None) -> tuple[str, int]:
-    """MASTER_ADDR and MASTER_PORT for the ranks of ``plan`` started from this node."""
-    env = os.environ if environ is None else environ
-    if env.get("KIT_MASTER_ADDR"):
-        addr = env["KIT_MASTER_ADDR"]
-    elif plan.nodes <= 1:
-        addr = "127.0.0.1"
-    else:
-        first = allocation_nodes(env)[0]
-        try:
-            addr = socket.gethostbyname(first)
-        except OSError:
-            addr = first
-    return addr, free_port()
-
-
-def flavour(environ: dict[str, str] | None = None) -> str:
-    """``fujitsu`` inside a PJM job (or KIT_MPI=fujitsu), else ``openmpi``."""
-    env = os.environ if environ is None else environ
-    forced = env.get("KIT_MPI", "").lower()
-    if forced in ("fujitsu", "openmpi"):
-        return forced
-    return "fujitsu" if env.get("PJM_JOBID") else "openmpi"
-
-
 @register("mpirun")
 class MpirunLauncher(Launcher):
-    def applies(self, setting: str, value: object) -> str | None:
-        if setting == "ranks_per_node":
-            return f"mpirun --map-by ppr:{value}:node" if flavour() == "openmpi" else \
-                f"mpiexec (PJM --mpi max-proc-per-node={value})"
-        return None
-
     def validate(self, plan) -> None:
         exe = "mpiexec" if flavour() == "fujitsu" else "mpirun"
         if not shutil.which(exe):
@@ -126,15 +51,13 @@ class MpirunLauncher(Launcher):
         addr, port = rendezvous(plan)
         names = [*sorted(plan.env), *KIT_VARS]
         if flavour() == "fujitsu":
-            from kit.launchers.pjm import mpiexec_argv
-
             (log_dir / "stdproc").mkdir(parents=True, exist_ok=True)
             return mpiexec_argv(plan, rank_argv, log_dir, addr=addr, port=port)
         argv = ["mpirun"]
         if os.geteuid() == 0:
             argv.append("--allow-run-as-root")
         argv += ["-np", str(plan.world_size), "--map-by", f"ppr:{plan.ranks_per_node}:node", "--bind-to", "none",
-                 "--output-filename", str(log_dir / "mpirun")]
+                 "--output-filename", str(log_dir / "mpirun"), *self.setting_args(plan)]
         for n in names:
             argv += ["-x", n]
         argv += ["-x", f"MASTER_ADDR={addr}", "-x", f"MASTER_PORT={port}"]
@@ -178,7 +101,7 @@ def follow_files(proc: subprocess.Popen, directory: Path, *, poll_s: float = 0.2
         partial: dict[Path, str] = {}
 
         def sweep():
-            for f in sorted(directory.glob("*")):
+            for f in sorted(directory.rglob("*")):  # -std-proc may split ranks into directories
                 if not f.is_file():
                     continue
                 try:

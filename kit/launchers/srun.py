@@ -4,8 +4,8 @@ Used directly inside ``salloc``/an interactive allocation, and by the ``slurm`` 
 launcher inside its job. Each rank is a child of slurmstepd with SLURM_PROCID /
 SLURM_NTASKS / SLURM_LOCALID, which the workload maps to RANK / WORLD_SIZE / LOCAL_RANK
 (:mod:`kit.rankenv`); the rendezvous (MASTER_ADDR = the first node, a free port there) is
-exported here. ``--cpu-freq`` (kHz) applies the preset's frequency where the cluster
-allows it (Slurm needs cpufreq support on the node; otherwise it is ignored, and the kit
+exported here. ``--cpu-freq`` (kHz, the words ``kit.settings`` put in the plan) applies
+the preset's frequency where the cluster allows it (Slurm needs cpufreq support on the node; otherwise it is ignored, and the kit
 records the frequency it saw). Each rank's output goes to the launcher's stdout with a
 ``N:`` label, and srun reports a failing task as ``srun: error: NODE: task N: Exited with
 exit code C``.
@@ -19,14 +19,10 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.launchers import Launcher, register
-from kit.launchers.mpirun import rendezvous
+from kit.launchers.common import rendezvous
 
 _TASK_FAIL = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (Exited with exit code (\d+)|Killed|Terminated|"
                         r"Segmentation fault|Aborted)")
-
-
-def cpu_freq_khz(mhz: int) -> str:
-    return str(int(mhz) * 1000)
 
 
 def _task_ids(text: str) -> list[int]:
@@ -42,13 +38,6 @@ def _task_ids(text: str) -> list[int]:
 
 @register("srun")
 class SrunLauncher(Launcher):
-    def applies(self, setting: str, value: object) -> str | None:
-        if setting == "freq_mhz":
-            return f"srun --cpu-freq={cpu_freq_khz(value)}"  # type: ignore[arg-type]
-        if setting == "ranks_per_node":
-            return f"srun --ntasks-per-node={value}"
-        return None
-
     def validate(self, plan) -> None:
         if not shutil.which("srun"):
             raise KitError("srun was not found on PATH", where="--launcher srun",
@@ -59,10 +48,7 @@ class SrunLauncher(Launcher):
         argv = ["srun", "--nodes", str(plan.nodes), "--ntasks", str(plan.world_size),
                 "--ntasks-per-node", str(plan.ranks_per_node), "--cpus-per-task", str(plan.threads_per_rank),
                 "--kill-on-bad-exit=1", "--label",
-                f"--export=ALL,MASTER_ADDR={addr},MASTER_PORT={port}"]
-        freq = plan.setting("freq_mhz")
-        if freq.requested is not None and freq.status == "applied":
-            argv.append(f"--cpu-freq={cpu_freq_khz(freq.requested)}")
+                f"--export=ALL,MASTER_ADDR={addr},MASTER_PORT={port}", *self.setting_args(plan)]
         return [*argv, *rank_argv]
 
     def failures(self, log_text: str) -> dict[int, dict[str, object]]:

@@ -13,7 +13,9 @@ The command line is composed by spython's client (``kit.image.spy.exec_argv``):
   each one present as ``SINGULARITYENV_<NAME>`` / ``APPTAINERENV_<NAME>``, which
   ``--cleanenv`` lets through.
 - The Fujitsu MPI of Fugaku is bound in when the host has it (``/opt/FJSVxtclanga``,
-  ``/var/opt/FJSVtcs``, ``/etc/opt/FJSVtcs`` ...): see containers/README.md.
+  ``/var/opt/FJSVtcs``, ``/etc/opt/FJSVtcs`` ...): see containers/README.md; a site file
+  adds its own binds (``sites/fugaku.yaml``: also ``/run``, ``/sys/devices/system/cpu``,
+  ``/sys/fs/cgroup``, as RIKEN's MPI recipe does), passed in by the runner.
 - ``LD_PRELOAD`` naming a tcmalloc is rewritten to the image's copy (label
   ``org.kit.tcmalloc.path``), as for podman.
 - ``singularity exec`` runs the command as a child in the same pid namespace; the monitor
@@ -32,7 +34,8 @@ from kit.runtimes.base import Runtime, register
 from kit.runtimes.oci import rewrite_preload, run_probe
 
 #: launcher variables passed through --cleanenv (see the module doc)
-PASS_PATTERN = r"(SLURM_|OMPI_|PMIX_|PMI_|PJM_|FLIB_|OMP_COMM_)[A-Za-z0-9_]*|RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT|NODE_RANK"
+PASS_PATTERN = (r"(SLURM_|OMPI_|PMIX_|PMI_|PJM_|PLE_|FLIB_|XOS_MMM_|GLOO_|OMP_COMM_)[A-Za-z0-9_]*|TP_SOCKET_IFNAME|"
+                r"RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT|NODE_RANK")
 SHIM = ("for v in $(env | grep -E '^(" + PASS_PATTERN + ")=' | cut -d= -f1); do "
         'eval "export SINGULARITYENV_$v=\\"\\$$v\\" APPTAINERENV_$v=\\"\\$$v\\""; done; exec "$@"')
 

@@ -114,8 +114,16 @@ def mpiexec(argv):
     cmd = argv[i:]
     procs = []
     for r in range(n):
-        env = {**os.environ, **sets, "PMIX_RANK": str(r), "PLE_RANK_ON_NODE": str(r)}
-        out = open(f"{prefix}.1.{r}", "w") if prefix else None
+        # as Fujitsu MPI's PMIx: only PMIX_RANK is given to each rank (a public user's log
+        # showed PLE_*/OMPI_COMM_WORLD_*/PMIX_SIZE empty); the rest comes from the -x list
+        env = {**os.environ, **sets, "PMIX_RANK": str(r)}
+        out = None
+        if prefix:
+            # -std-proc path patterns: %j job id, %m mpiexec number, %/1000r rank / 1000
+            path = Path(prefix.replace("%j", os.environ.get("PJM_JOBID", "0")).replace("%m", "1")
+                        .replace("%/1000r", str(r // 1000)) + f".1.{r}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(path, "w")
         procs.append(subprocess.Popen(cmd, env=env, stdout=out or None, stderr=subprocess.STDOUT if out else None))
     signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in procs])
     rc = 0

@@ -1,12 +1,15 @@
 #!/bin/bash -x
 #PJM -N kit-gpt-1.3b-mpn4-tuned
 #PJM -L "node=1"
-#PJM -L "rscgrp=small"
+#PJM -L "rscunit=rscunit_ft01,rscgrp=small"
 #PJM -L "elapse=01:00:00"
-#PJM -L "freq=2200,retention_state=0"
+#PJM -L "freq=2200,retention_state=0,eco_state=0,throttling_state=0,issue_state=0,ex_pipe_state=0"
 #PJM --mpi "proc=4"
 #PJM --mpi "max-proc-per-node=4"
+#PJM -g hp190122
+#PJM -x GLOO_SOCKET_IFNAME=tofu1
 #PJM -x OMP_NUM_THREADS=12
+#PJM -x PJM_LLIO_GFSCACHE=/vol0003:/vol0004
 #PJM -j
 #PJM -S
 #PJM -o /vol0004/hp190122/u01234/results/20230215-000000_row/logs/pjm.%j.out
@@ -16,16 +19,21 @@
 # DP 1 x TP 4 x PP 1 = 4 rank(s), 4 per node on 1 node(s), 12 thread(s) per rank.
 # WARNING (known bad, submitted with --force only): tensor parallelism (TP > 1) with 4 ranks per node (max-proc-per-node=4): did not work: the 124M rows with TP 4 at max-proc-per-node=4 have no result, and the 1.3B ones stalled after the first iteration (^^); the sweep's comment: 'max-proc-per-node=4 with mp=4 does not work'.
 # WARNING (known bad, submitted with --force only): tcmalloc preloaded (LD_PRELOAD=libtcmalloc.so) in the 1.3B setup: stuck after the first iteration (^^), with and without 2.2 GHz and retention_state=0.
+# setting freq_mhz=2200, retention_state=0, eco_state=0, throttling_state=0, issue_state=0, ex_pipe_state=0: #PJM -L "freq=2200,retention_state=0,eco_state=0,throttling_state=0,issue_state=0,ex_pipe_state=0"
+# setting allocator=tcmalloc: LD_PRELOAD=/home/u01234/lib/libtcmalloc.so
+# setting ranks_per_node=4: #PJM --mpi "max-proc-per-node=4"
+# setting threads_per_rank=12: OMP_NUM_THREADS=12
 # LD_PRELOAD=/home/u01234/lib/libtcmalloc.so is set for the ranks only (not this shell).
 # kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
-#   mpiexec -np 4 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \
-#     -x LD_PRELOAD -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x 'MASTER_ADDR=<first node>' \
-#     -x 'MASTER_PORT=<free port>' /home/u01234/venv/bin/python3 -m kit.workload --layers 24 \
-#     --hidden 2048 --heads 32 --seq 1024 --vocab 50257 --micro-batch 1 --global-batch 1024 \
-#     --tp 4 --pp 1 --zero 1 --iters 3 --warmup-iters 1 --seed 1234 --lr 0.0002 --dtype fp32 \
-#     --data synthetic --checkpoint-activations
+#   mpiexec -np 4 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/%j/%m/%/1000r/out \
+#     -x GLOO_SOCKET_IFNAME -x LD_PRELOAD -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED \
+#     -x KIT_WORLD_SIZE=4 -x KIT_RANKS_PER_NODE=4 -x 'MASTER_ADDR=<tofu1 address of the master node>' \
+#     -x 'MASTER_PORT=<free port>' /vol0004/hp190122/u01234/venv-aarch64/bin/python3 -m kit.workload \
+#     --layers 24 --hidden 2048 --heads 32 --seq 1024 --vocab 50257 --micro-batch 1 \
+#     --global-batch 1024 --tp 4 --pp 1 --zero 1 --iters 3 --warmup-iters 1 --seed 1234 --lr 0.0002 \
+#     --dtype fp32 --data synthetic --checkpoint-activations
 # then watches every rank, checks the frequency it sees against the one requested above,
 # and writes the bundle (job id, node list, PJM_* variables, this script), whatever happens.
 
 cd /home/u01234/work
-/home/u01234/venv/bin/python3 -m kit job-run /vol0004/hp190122/u01234/results/20230215-000000_row
+/vol0004/hp190122/u01234/venv-aarch64/bin/python3 -m kit job-run /vol0004/hp190122/u01234/results/20230215-000000_row

@@ -1,12 +1,15 @@
 #!/bin/bash -x
 #PJM -N kit-gpt-124m-noretention
 #PJM -L "node=1"
-#PJM -L "rscgrp=small"
+#PJM -L "rscunit=rscunit_ft01,rscgrp=small"
 #PJM -L "elapse=01:00:00"
-#PJM -L "freq=2000,retention_state=0"
+#PJM -L "freq=2000,retention_state=0,eco_state=0,throttling_state=0,issue_state=0,ex_pipe_state=0"
 #PJM --mpi "proc=1"
 #PJM --mpi "max-proc-per-node=1"
+#PJM -g hp190122
+#PJM -x GLOO_SOCKET_IFNAME=tofu1
 #PJM -x OMP_NUM_THREADS=48
+#PJM -x PJM_LLIO_GFSCACHE=/vol0003:/vol0004
 #PJM -j
 #PJM -S
 #PJM -o /vol0004/hp190122/u01234/results/20230215-000000_row/logs/pjm.%j.out
@@ -14,9 +17,14 @@
 
 # Written by kit for bundle 20230215-000000_row: recipe gpt-124m, preset noretention,
 # DP 1 x TP 1 x PP 1 = 1 rank(s), 1 per node on 1 node(s), 48 thread(s) per rank.
+# setting freq_mhz=2000, retention_state=0, eco_state=0, throttling_state=0, issue_state=0, ex_pipe_state=0: #PJM -L "freq=2000,retention_state=0,eco_state=0,throttling_state=0,issue_state=0,ex_pipe_state=0"
+# setting allocator=glibc: default allocator
+# setting ranks_per_node=1: #PJM --mpi "max-proc-per-node=1"
+# setting threads_per_rank=48: OMP_NUM_THREADS=48
 # kit job-run starts the ranks with Fujitsu MPI, one output file per rank:
-#   mpiexec -np 1 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/out \
-#     -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x 'MASTER_ADDR=<first node>' -x 'MASTER_PORT=<free port>' /home/u01234/venv/bin/python3 \
+#   mpiexec -np 1 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/%j/%m/%/1000r/out \
+#     -x GLOO_SOCKET_IFNAME -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x KIT_WORLD_SIZE=1 \
+#     -x KIT_RANKS_PER_NODE=1 -x 'MASTER_ADDR=<tofu1 address of the master node>' -x 'MASTER_PORT=<free port>' /vol0004/hp190122/u01234/venv-aarch64/bin/python3 \
 #     -m kit.workload --layers 12 --hidden 768 --heads 12 --seq 1024 --vocab 50257 \
 #     --micro-batch 1 --global-batch 1024 --tp 1 --pp 1 --zero 1 --iters 5 --warmup-iters 1 \
 #     --seed 1234 --lr 0.0006 --dtype fp32 --data synthetic
@@ -24,4 +32,4 @@
 # and writes the bundle (job id, node list, PJM_* variables, this script), whatever happens.
 
 cd /home/u01234/work
-/home/u01234/venv/bin/python3 -m kit job-run /vol0004/hp190122/u01234/results/20230215-000000_row
+/vol0004/hp190122/u01234/venv-aarch64/bin/python3 -m kit job-run /vol0004/hp190122/u01234/results/20230215-000000_row

@@ -1,4 +1,4 @@
-"""The ``pjm`` batch launcher: a Fugaku job script for ``pjsub``.
+"""The ``pjm`` scheduler: a Fugaku job script for ``pjsub``.
 
 On Fugaku the job manager, not the process, sets the CPU frequency, the eco and retention
 states and the ranks per node, so they go into the script the way Fugaku users write them:
@@ -25,17 +25,18 @@ the bundle's logs) the exit code and the job manager's reason.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.launchers import JobState, Launcher, register
-from kit.launchers.mpirun import KIT_VARS
-from kit.launchers.slurm import kit_command
+from kit.launchers.common import flavour, kit_command, mpiexec_argv
+from kit.schedulers import JobState, Scheduler, register
 
 A64FX_CORES = 48  # compute cores per node (4 CMGs of 12)
 RETENTION_MAX_NODES = 9216
@@ -47,25 +48,6 @@ _STATES = {"ACC": "pending", "QUE": "pending", "RNA": "pending", "HLD": "pending
            "RSM": "pending", "SPP": "running", "RUN": "running", "RNO": "running", "RNE": "running",
            "RNP": "running", "EXT": "completed", "CCL": "cancelled", "ERR": "failed", "RJT": "failed"}
 _ENDED = {"completed", "cancelled", "failed", "timeout"}
-
-
-def power_line(plan) -> str | None:
-    """The one ``-L`` line with the preset's power knobs, e.g. ``freq=2200,eco_state=0,retention_state=0``."""
-    parts = []
-    for key, name in (("freq_mhz", "freq"), ("eco_state", "eco_state"), ("retention_state", "retention_state")):
-        v = plan.setting(key).requested
-        if v is not None:
-            parts.append(f"{name}={v}")
-    return ",".join(parts) or None
-
-
-def mpiexec_argv(plan, rank_argv: list[str], log_dir: Path, *, addr: str, port: str | int) -> list[str]:
-    """Fujitsu MPI's mpiexec line: one output file per rank (``-std-proc``), the kit's variables."""
-    argv = ["mpiexec", "-np", str(plan.world_size), "-std-proc", str(log_dir / "stdproc" / "out")]
-    for n in [*sorted(plan.env), *KIT_VARS]:
-        argv += ["-x", n]
-    argv += ["-x", f"MASTER_ADDR={addr}", "-x", f"MASTER_PORT={port}"]
-    return [*argv, *rank_argv]
 
 
 def _quote_block(argv: list[str], indent: str = "#   ") -> list[str]:
@@ -82,23 +64,19 @@ def _quote_block(argv: list[str], indent: str = "#   ") -> list[str]:
 
 
 @register("pjm")
-class PjmLauncher(Launcher):
-    batch = True
-    inner = "mpirun"  # Fujitsu MPI flavour inside the job (PJM_JOBID is set)
-
-    def applies(self, setting: str, value: object) -> str | None:
-        if setting == "freq_mhz":
-            return f'#PJM -L "freq={value}"'
-        if setting == "eco_state":
-            return f'#PJM -L "eco_state={value}"'
-        if setting == "retention_state":
-            return f'#PJM -L "retention_state={value}"'
-        if setting == "ranks_per_node":
-            return f'#PJM --mpi "max-proc-per-node={value}"'
-        return None
+class PjmScheduler(Scheduler):
+    launcher = "mpirun"  # Fujitsu MPI flavour inside the job (PJM_JOBID is set)
 
     def cores_per_node(self) -> int | None:
         return A64FX_CORES
+
+    def job_python(self, plan) -> tuple[str, str | None]:
+        """The Python the job starts the kit with (the site's, else this one), and why it
+        cannot run on the compute nodes (None when it can, as far as the site says)."""
+        site = plan.site
+        if site and site.job_python:
+            return site.job_python, None
+        return sys.executable, site.job_python_problem(sys.executable) if site else None
 
     def validate(self, plan) -> None:
         if plan.setting("retention_state").requested == 1 and plan.nodes > RETENTION_MAX_NODES:
@@ -110,27 +88,30 @@ class PjmLauncher(Launcher):
             raise KitError(f"{plan.ranks_per_node} ranks per node exceed the {A64FX_CORES} cores of an A64FX node",
                            where=f"preset {plan.preset.name}", fix="use at most 48 ranks per node (4: one per CMG)")
 
-    def render(self, plan, bundle_dir: Path) -> str:
+    def render(self, plan, bundle_dir: Path, *, warnings: Sequence[str] = ()) -> str:
         bundle_dir = Path(bundle_dir)
         job = plan.job
         logs = bundle_dir / "logs"
+        site = plan.site
         rscgrp = job.queue or ("small" if plan.nodes <= SMALL_MAX_NODES else "large")
+        rscunit = f"rscunit={site.rscunit}," if site and site.rscunit else ""
         name = f"kit-{plan.recipe_name}-{plan.preset.name}"[:63]
         lines = ["#!/bin/bash -x",
                  f"#PJM -N {shlex.quote(name)}",
                  f'#PJM -L "node={plan.nodes}"',
-                 f'#PJM -L "rscgrp={rscgrp}"',
+                 f'#PJM -L "{rscunit}rscgrp={rscgrp}"',
                  f'#PJM -L "elapse={job.time_limit}"']
-        power = power_line(plan)
-        if power:
-            lines.append(f'#PJM -L "{power}"')
-        lines += [f'#PJM --mpi "proc={plan.world_size}"',
-                  f'#PJM --mpi "max-proc-per-node={plan.ranks_per_node}"']
+        directives = self.directives(plan)  # kit.settings: the power line, max-proc-per-node
+        lines += [d for d in directives if d.startswith("#PJM -L")]
+        lines.append(f'#PJM --mpi "proc={plan.world_size}"')
+        lines += [d for d in directives if not d.startswith("#PJM -L")]
         if job.account:
             lines.append(f"#PJM -g {job.account}")
         for opt in job.llio:
             lines.append(f"#PJM --llio {opt}")
         exported = {k: v for k, v in sorted(plan.env.items()) if k != "LD_PRELOAD"}
+        if site and site.volumes:  # the volumes the job reads, cached by LLIO
+            exported["PJM_LLIO_GFSCACHE"] = ":".join(site.volumes)
         for k, v in exported.items():
             lines.append(f"#PJM -x {k}={v}")
         lines += ["#PJM -j",
@@ -143,19 +124,20 @@ class PjmLauncher(Launcher):
                   f"rank(s), {plan.ranks_per_node} per node on {plan.nodes} node(s), "
                   f"{plan.threads_per_rank} thread(s) per rank.",
                   ]
-        from kit import known_bad
-
-        for kb in known_bad.check(plan):
-            lines.append(f"# WARNING (known bad, submitted with --force only): {kb.what}: {kb.seen}.")
+        python, problem = self.job_python(plan)
+        lines += [f"# WARNING {w}" for w in [*warnings, *([f"(submission refused): {problem}"] if problem else [])]]
+        lines += self.setting_comments(plan)
         if "LD_PRELOAD" in plan.env:
             lines.append(f"# LD_PRELOAD={plan.env['LD_PRELOAD']} is set for the ranks only (not this shell).")
         lines += ["# kit job-run starts the ranks with Fujitsu MPI, one output file per rank:",
-                  *_quote_block(mpiexec_argv(plan, plan.rank_argv, logs, addr="<first node>", port="<free port>")),
+                  *_quote_block(mpiexec_argv(plan, plan.rank_argv, logs, port="<free port>",
+                                               addr=f"<{site.interface} address of the master node>" if site and site.interface
+                                               else "<first node>")),
                   "# then watches every rank, checks the frequency it sees against the one requested above,",
                   "# and writes the bundle (job id, node list, PJM_* variables, this script), whatever happens.",
                   "",
                   f"cd {shlex.quote(str(Path.cwd()))}",
-                  kit_command(sys.executable, bundle_dir),
+                  kit_command(python, bundle_dir),
                   ""]
         return "\n".join(lines)
 
@@ -187,6 +169,21 @@ class PjmLauncher(Launcher):
         r = subprocess.run(["pjdel", job_id], capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             raise KitError(f"pjdel {job_id} failed: {(r.stderr or r.stdout).strip()}", where=f"job {job_id}")
+
+    def stats(self, bundle_dir: Path) -> dict[str, str]:
+        """The ``-S`` statistics file(s) in the bundle's logs."""
+        out: dict[str, str] = {}
+        for p in sorted((Path(bundle_dir) / "logs").glob("pjm.*.stats")):
+            out.update(parse_stats(p.read_text(errors="replace")))
+        return out
+
+    def node_monitor_argv(self, plan, monitor_argv: list[str]) -> list[str] | None:
+        if flavour() != "openmpi":
+            # Fujitsu MPI: a second mpiexec with one process per node needs a --vcoordfile
+            # listing each node once; not verified on Fugaku yet, so only the head node is watched.
+            return None
+        return ["mpirun", *(["--allow-run-as-root"] if os.geteuid() == 0 else []), "-np", str(plan.nodes),
+                "--map-by", "ppr:1:node", "--bind-to", "none", *monitor_argv]
 
 
 def parse_pjstat(text: str, job_id: str) -> str | None:

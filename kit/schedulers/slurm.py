@@ -1,9 +1,11 @@
-"""The ``slurm`` batch launcher: an sbatch script that runs ``kit job-run`` in the allocation.
+"""The ``slurm`` scheduler: an sbatch script that runs ``kit job-run`` in the allocation.
 
-The script asks Slurm for the plan's nodes, ranks per node (``--ntasks-per-node``), cores
-per rank (``--cpus-per-task``), the preset's frequency (``--cpu-freq`` in kHz), time limit
-and partition; inside the job, ``kit job-run`` starts the ranks with ``srun`` (the
-``srun`` launcher), watches them and finalizes the bundle. The job's own output goes to
+The script asks Slurm for the plan's nodes, time limit and partition, and writes the
+directives of the settings Slurm applies as ``kit.settings`` made them: ranks per node
+(``--ntasks-per-node``), cores per rank (``--cpus-per-task``), the preset's frequency
+(``--cpu-freq`` in kHz, which applies to every srun step in the job); inside the job,
+``kit job-run`` starts the ranks with ``srun`` (the ``srun`` launcher), watches them and
+finalizes the bundle. The job's own output goes to
 ``logs/slurm-<jobid>.out`` in the bundle.
 
 ``submit`` is ``sbatch --parsable``; ``poll`` asks ``squeue`` while the job is known to
@@ -13,16 +15,16 @@ accounting is enabled.
 
 from __future__ import annotations
 
+import os
 import re
-import shlex
 import shutil
 import subprocess
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.launchers import JobState, Launcher, register
-from kit.launchers.srun import cpu_freq_khz
+from kit.launchers.common import kit_command
+from kit.schedulers import JobState, Scheduler, register
 
 # Slurm job states -> the kit's
 _STATES = {
@@ -45,29 +47,14 @@ def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
                        fix="run on a Slurm login node (sbatch, squeue, scontrol on PATH)") from e
 
 
-def kit_command(python: str, bundle_dir: Path) -> str:
-    """The line a job script runs: this kit's ``job-run`` on the bundle."""
-    return f"{shlex.quote(python)} -m kit job-run {shlex.quote(str(bundle_dir))}"
-
-
 @register("slurm")
-class SlurmLauncher(Launcher):
-    batch = True
-    inner = "srun"
-
-    def applies(self, setting: str, value: object) -> str | None:
-        if setting == "freq_mhz":
-            return f"#SBATCH --cpu-freq={cpu_freq_khz(value)}"  # type: ignore[arg-type]
-        if setting == "ranks_per_node":
-            return f"#SBATCH --ntasks-per-node={value}"
-        return None
+class SlurmScheduler(Scheduler):
+    launcher = "srun"
 
     def cores_per_node(self) -> int | None:
         """CPUs per node of the default (or $SBATCH_PARTITION) partition, from sinfo."""
         if not shutil.which("sinfo"):
             return None
-        import os
-
         argv = ["sinfo", "-h", "-o", "%c"]
         if os.environ.get("SBATCH_PARTITION"):
             argv += ["-p", os.environ["SBATCH_PARTITION"]]
@@ -78,19 +65,15 @@ class SlurmLauncher(Launcher):
         values = [int(x.rstrip("+")) for x in out.stdout.split() if x.rstrip("+").isdigit()]
         return min(values) if out.returncode == 0 and values else None
 
-    def render(self, plan, bundle_dir: Path) -> str:
+    def render(self, plan, bundle_dir: Path, *, warnings: Sequence[str] = ()) -> str:
         bundle_dir = Path(bundle_dir)
         job = plan.job
         name = f"kit-{plan.recipe_name}-{plan.preset.name}"[:60]
         lines = ["#!/bin/bash",
                  f"#SBATCH --job-name={name}",
                  f"#SBATCH --nodes={plan.nodes}",
-                 f"#SBATCH --ntasks-per-node={plan.ranks_per_node}",
-                 f"#SBATCH --cpus-per-task={plan.threads_per_rank}",
+                 *self.directives(plan),
                  f"#SBATCH --time={job.time_limit}"]
-        freq = plan.setting("freq_mhz")
-        if freq.requested is not None:
-            lines.append(f"#SBATCH --cpu-freq={cpu_freq_khz(freq.requested)}")
         if job.queue:
             lines.append(f"#SBATCH --partition={job.queue}")
         if job.account:
@@ -104,8 +87,10 @@ class SlurmLauncher(Launcher):
                   "# kit job-run starts the ranks with srun, watches every rank on every node and writes the",
                   "# bundle (metrics, provenance with the job id, node list and SLURM_* variables), whatever happens.",
                   f"# Set for the ranks by the kit: {', '.join(f'{k}={v}' for k, v in sorted(plan.env.items()))}",
+                  *(f"# WARNING {w}" for w in warnings),
+                  *self.setting_comments(plan),
                   "",
-                  f"exec {kit_command(sys.executable, bundle_dir)}",
+                  f"exec {kit_command(self.job_python(plan)[0], bundle_dir)}",
                   ""]
         return "\n".join(lines)
 
@@ -151,3 +136,8 @@ class SlurmLauncher(Launcher):
         r = _run(["scancel", job_id])
         if r.returncode != 0:
             raise KitError(f"scancel {job_id} failed: {(r.stderr or r.stdout).strip()}", where=f"job {job_id}")
+
+    def node_monitor_argv(self, plan, monitor_argv: list[str]) -> list[str] | None:
+        return ["srun", "--overlap", "--nodes", str(plan.nodes), "--ntasks", str(plan.nodes), "--ntasks-per-node", "1",
+                "--cpus-per-task", "1", "--cpu-bind=none", *monitor_argv]
+

@@ -1,0 +1,128 @@
+"""Schedulers: batch systems that run the kit inside a job (ReFrame's ``JobScheduler``).
+
+One module per scheduler, registered by name: ``slurm`` (sbatch, squeue/scontrol/sacct,
+scancel) and ``pjm`` (Fujitsu's pjsub, pjstat, pjdel on Fugaku). A scheduler renders the
+job script, submits it, polls and cancels the job, reads the job manager's statistics, and
+names the launcher that starts the ranks inside the job (``launcher``: ``srun`` or
+``mpirun``, from ``kit.launchers``) and how to start one node monitor per further node.
+
+The job script emits, verbatim, the directive of every setting the plan says this
+scheduler applies (``kit.settings`` writes them); warnings to put in the script (e.g. the
+known-bad combinations a ``--force`` run matches) are handed in by the caller.
+"""
+
+from __future__ import annotations
+
+import abc
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from kit.errors import KitError
+
+_REGISTRY: dict[str, type["Scheduler"]] = {}
+
+
+def register(name: str):
+    def deco(cls):
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+@dataclass
+class JobState:
+    """What a batch job is doing: pending, running, or ended (and how)."""
+    state: str  # pending | running | completed | failed | cancelled | timeout | unknown
+    ended: bool
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class Scheduler(abc.ABC):
+    name: ClassVar[str] = "?"
+    #: the launcher (kit.launchers) that starts the ranks inside the job
+    launcher: ClassVar[str] = "?"
+
+    def validate(self, plan: Any) -> None:
+        """Refuse plans this scheduler cannot run (raise KitError)."""
+
+    def cores_per_node(self) -> int | None:
+        """Cores of one allocated node, where the scheduler knows (PJM: 48; Slurm: sinfo)."""
+        return None
+
+    def job_python(self, plan: Any) -> tuple[str, str | None]:
+        """The Python the job script starts the kit with, and why it cannot run in the job
+        (None: it can). Default: the one running now (a shared file system, one architecture)."""
+        return sys.executable, None
+
+    def check_job_python(self, plan: Any) -> None:
+        """Refuse to submit a script whose interpreter cannot run on the compute nodes."""
+        python, problem = self.job_python(plan)
+        if problem:
+            raise KitError(problem, where=f"site {plan.site.name if plan.site else '-'}",
+                           fix="set job_python in the site file to a Python with the kit on the compute nodes "
+                               "(e.g. a venv made on a compute node)")
+
+    def directives(self, plan: Any) -> list[str]:
+        """The script lines of the settings this scheduler applies, as ``kit.settings`` wrote them."""
+        out: list[str] = []
+        for s in plan.settings:
+            if s.by == self.name and s.applied_by not in out:
+                out.append(s.applied_by)
+        return out
+
+    def setting_comments(self, plan: Any) -> list[str]:
+        """A comment per directive: the settings it carries (``NAME=VALUE``) and how they are
+        applied, so the script states every setting the run carries (the allocator too)."""
+        groups: dict[str, list[str]] = {}
+        for s in plan.settings:
+            if s.status == "not-requested":
+                continue
+            how = s.applied_by if s.status == "applied" else f"not applied: {s.note}"
+            groups.setdefault(how, []).append(f"{s.name}={s.requested}")
+        return [f"# setting {', '.join(names)}: {how}" for how, names in groups.items()]
+
+    @abc.abstractmethod
+    def render(self, plan: Any, bundle_dir: Path, *, warnings: Sequence[str] = ()) -> str:
+        """The job script that runs ``kit job-run`` on ``bundle_dir``."""
+
+    @abc.abstractmethod
+    def submit(self, script: Path) -> str:
+        """Submit ``script``; the job id."""
+
+    @abc.abstractmethod
+    def poll(self, job_id: str) -> JobState: ...
+
+    @abc.abstractmethod
+    def cancel(self, job_id: str) -> None: ...
+
+    def stats(self, bundle_dir: Path) -> dict[str, str]:
+        """What the job manager's statistics files in the bundle's logs say (``KEY: value``)."""
+        return {}
+
+    def node_monitor_argv(self, plan: Any, monitor_argv: list[str]) -> list[str] | None:
+        """argv that runs ``monitor_argv`` once on every node of the job, or None if it cannot."""
+        return None
+
+
+def _load_builtin() -> None:
+    import importlib
+
+    for mod in ("slurm", "pjm"):
+        importlib.import_module(f"kit.schedulers.{mod}")
+
+
+def get(name: str) -> Scheduler:
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise KitError(f"unknown scheduler {name!r}", where="--launcher", fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
