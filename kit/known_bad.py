@@ -83,16 +83,23 @@ def message(found: list[KnownBad]) -> str:
     return "; ".join(f"{kb.what}: {kb.seen} (source: {kb.source})" for kb in found)
 
 
+def refusal(plan: "Plan") -> str | None:
+    """Why ``plan`` is refused (it matches an entry and has no ``force``), or None: the one
+    rule behind ``kit run``'s refusal and a sweep's refused points."""
+    found = check(plan)
+    if not found or plan.force:
+        return None
+    return f"known to hang or fail on the sweep's machine: {message(found)}"
+
+
 def enforce(plan: "Plan", console: "Console | None" = None) -> list[dict[str, Any]]:
     """Refuse a known-bad plan unless ``plan.force``; with it, warn and return what matched."""
-    found = check(plan)
-    if not found:
-        return []
-    if not plan.force:
-        raise KitError(f"known to hang or fail on the sweep's machine: {message(found)}",
-                       where=f"recipe {plan.recipe_name} + preset {plan.preset.name}",
+    why = refusal(plan)
+    if why:
+        raise KitError(why, where=f"recipe {plan.recipe_name} + preset {plan.preset.name}",
                        fix="change the layout or preset, or pass --force to run it anyway")
-    if console is not None:
+    found = check(plan)
+    if found and console is not None:
         for kb in found:
             console.print(f"[yellow]warning[/]: --force: running a combination known to hang or fail: {kb.what}: "
                           f"{kb.seen} (source: {kb.source})", highlight=False, soft_wrap=True)

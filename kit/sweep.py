@@ -239,9 +239,9 @@ def run_point_inprocess(point: Point, out: Path, record: dict[str, Any], console
         plan = resolve_point(point, job=job, force=force)
     except KitError as e:
         return "invalid", None, str(e)
-    bad = known_bad.check(plan)
-    if bad and not force:
-        return "refused", None, f"known to hang or fail: {known_bad.message(bad)}"
+    why = known_bad.refusal(plan)
+    if why:
+        return "refused", None, why
     outcome = runner.run(plan, out, console, extra_files={SWEEP_FILE: record})
     return outcome.status, outcome.bundle.path, outcome.reason
 
@@ -336,9 +336,9 @@ def _dry_check(p: Point, sw: SweepFile) -> str:
         plan = resolve_point(p, job=sw.job, force=sw.force)
     except KitError as e:
         return f"will fail to plan: {e}"
-    bad = known_bad.check(plan)
-    if bad and not sw.force:
-        return "will be refused: known to hang or fail: " + "; ".join(kb.what for kb in bad)
+    why = known_bad.refusal(plan)
+    if why:
+        return f"will be refused: {why}"
     return ""
 
 
