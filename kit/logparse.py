@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from kit import metricdefs
+
 _ITER = re.compile(r"\biteration\s+(\d+)\s*/\s*(\d+)\s*\|")
 _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 ()/_.-]*?)\s*:\s*([-+0-9.eEinfnaINFNA]+)\s*$")
 # Megatron's report_memory: "[Rank 3] (after 10 iterations) memory (MB) | allocated: 1.5 |
@@ -21,21 +23,7 @@ _FIELD = re.compile(r"^\s*([A-Za-z][A-Za-z0-9 ()/_.-]*?)\s*:\s*([-+0-9.eEinfnaIN
 _MEM = re.compile(r"\b(CPU )?memory \(MB\)\s*((?:\|[^|]*)+)$")
 _RANK = re.compile(r"\[Rank (\d+)\]")
 
-_NAMES = {
-    "consumed samples": "consumed_samples",
-    "consumed tokens": "consumed_tokens",
-    "elapsed time per iteration (ms)": "elapsed_ms",
-    "learning rate": "lr",
-    "global batch size": "global_batch",
-    "lm loss": "loss",
-    "loss scale": "loss_scale",
-    "grad norm": "grad_norm",
-    "number of skipped iterations": "skipped",
-    "number of nan iterations": "nan_iters",
-    "samples per second": "samples_per_sec",
-    "tflops": "tflops",
-    "actual seqlen": "seq",
-}
+_NAMES = metricdefs.log_names()  # how the log spells a field -> its key (kit.metricdefs.LOG_FIELDS)
 
 
 @dataclass

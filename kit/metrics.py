@@ -1,14 +1,9 @@
 """From parsed iterations and sampled memory to the table's numbers.
 
-- ``sec_per_iter``: median of the measured iteration times after the warm-up iterations.
-- ``tflops_per_rank``, ``tflops`` (per node), ``est_aggr_pflops``: Megatron's formula
-  (kit.flops) on that sec/it, with the plan's shape and layout.
-- ``samples_per_sec``, ``tokens_per_sec``, ``final_loss``.
-- ``peak_mem_mib``: per node, the sum over the node's ranks of each rank process tree's
-  peak RSS; the largest node's value.
-- ``device_peak_allocated_mib`` / ``device_peak_reserved_mib``: on GPUs, the largest
-  ``max allocated`` / ``max reserved`` of any rank's memory report (Megatron's
-  ``report_memory`` line, which the built-in workload prints on CUDA); None on CPUs.
+``summarize`` implements the summary rule of each metric declared in ``kit.metricdefs``
+(which says, per metric, its unit, its rule, its better direction and where it is shown):
+sec/it as the median after the warm-up, TFLOPs by Megatron's formula (``kit.flops``),
+peak memory per node as the sum of its ranks' peaks. Its keys are exactly the declared ones.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from kit import flops
+from kit import flops, metricdefs
 from kit.logparse import IterationRecord
 
 
@@ -27,18 +22,10 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
               device_memory: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
     """The metrics summary. Values that were not measured are None, never estimated."""
     timed = [r for r in records if r.iteration > warmup_iters and r.elapsed_s is not None]
-    summary: dict[str, Any] = {
-        "iterations_logged": len(records),
-        "iterations_timed": len(timed),
-        "warmup_iters": warmup_iters,
-        "sec_per_iter": None, "sec_per_iter_min": None, "sec_per_iter_max": None,
-        "tflops_per_rank": None, "tflops": None, "est_aggr_pflops": None, "flops_per_iter": None,
-        "samples_per_sec": None, "tokens_per_sec": None,
-        "final_loss": records[-1].fields.get("loss") if records else None,
-        "peak_mem_mib": None, "peak_mem_mib_per_node": None,
-        "device_peak_allocated_mib": None, "device_peak_reserved_mib": None,
-        "world_size": world_size, "ranks_per_node": ranks_per_node, "nodes": nodes,
-    }
+    summary: dict[str, Any] = dict.fromkeys(metricdefs.summary_keys())
+    summary.update(iterations_logged=len(records), iterations_timed=len(timed), warmup_iters=warmup_iters,
+                   final_loss=records[-1].fields.get("loss") if records else None,
+                   world_size=world_size, ranks_per_node=ranks_per_node, nodes=nodes)
     if timed:
         times = [r.elapsed_s for r in timed]
         spi = statistics.median(times)

@@ -32,7 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod
+from kit import bundle as bundle_mod, metricdefs
 from kit.errors import KitError
 from kit.errors import EXIT_FAILED, EXIT_NOT_READY, EXIT_OK, EXIT_STALLED
 from kit.results import VerificationFailed, store
@@ -42,14 +42,19 @@ REPRODUCE_FILE = "reproduce.json"
 
 @dataclass
 class Tolerance:
-    timing: float = 0.25  # relative, sec_per_iter and tflops
-    memory: float = 0.25  # relative, peak_mem_mib
-    loss: float = 1e-3  # absolute, final_loss
+    """One tolerance per kind of metric (``kit.metricdefs``: each metric's ``reproduce`` kind)."""
+
+    timing: float = 0.25  # a factor either way (symmetric ratio); inf: not judged
+    memory: float = 0.25  # relative
+    loss: float = 1e-3  # absolute
 
     def describe(self) -> str:
-        timing = ("timing (sec/it, TFLOPs) not judged" if math.isinf(self.timing)
-                  else f"timing (sec/it, TFLOPs) within a factor of {1 + self.timing:.3g} either way")
-        return f"{timing}, peak memory within {self.memory:.0%}, final loss within {self.loss:g} (absolute)"
+        def names(kind: str) -> str:
+            return ", ".join(m.title for m in metricdefs.reproduced() if m.reproduce == kind)
+
+        timing = (f"timing ({names('timing')}) not judged" if math.isinf(self.timing)
+                  else f"timing ({names('timing')}) within a factor of {1 + self.timing:.3g} either way")
+        return f"{timing}, {names('memory')} within {self.memory:.0%}, {names('loss')} within {self.loss:g} (absolute)"
 
 
 @dataclass
@@ -70,22 +75,25 @@ class Check:
         return f"  {self.name:<14} {n(self.old):>12} {n(self.new):>12} {rel:>8}  {self.tolerance:<12} {verdict}"
 
 
+def _judge(judge: metricdefs.Judge, a: float | None, b: float | None, tol: float) -> tuple[str, bool | None]:
+    """The tolerance as printed, and whether ``b`` is within it of ``a`` (None: not comparable)."""
+    if judge == "ratio":
+        # symmetric: a factor either way, so sec/it and TFLOPs (its inverse) always agree
+        t = "not judged" if math.isinf(tol) else f"x{1 + tol:.3g}"
+        return t, None if not a or not b or a * b < 0 else max(b / a, a / b) - 1 <= tol
+    if judge == "relative":
+        return f"±{tol:.0%}", None if a in (None, 0) or b is None else abs(b - a) / abs(a) <= tol
+    return f"±{tol:g}", None if a is None or b is None else abs(b - a) <= tol
+
+
 def compare_metrics(old: dict[str, Any], new: dict[str, Any], tol: Tolerance) -> list[Check]:
-    """The original's summary against the new one's, metric by metric."""
+    """The original's summary against the new one's, metric by metric (those ``kit.metricdefs``
+    marks for reproduce, each judged by the rule of its kind)."""
     checks = []
-    for name, kind in (("sec_per_iter", "timing"), ("tflops", "timing"), ("peak_mem_mib", "memory"), ("final_loss", "loss")):
-        a, b = old.get(name), new.get(name)
-        if kind == "loss":
-            t = f"±{tol.loss:g}"
-            ok = None if a is None or b is None else abs(b - a) <= tol.loss
-        elif kind == "timing":
-            # symmetric: a factor either way, so sec/it and TFLOPs (its inverse) always agree
-            t = "not judged" if math.isinf(tol.timing) else f"x{1 + tol.timing:.3g}"
-            ok = None if not a or not b or a * b < 0 else max(b / a, a / b) - 1 <= tol.timing
-        else:
-            t = f"±{tol.memory:.0%}"
-            ok = None if a in (None, 0) or b is None else abs(b - a) / abs(a) <= tol.memory
-        checks.append(Check(name, a, b, t, ok))
+    for m in metricdefs.reproduced():
+        a, b = old.get(m.name), new.get(m.name)
+        t, ok = _judge(metricdefs.REPRODUCE_KINDS[m.reproduce], a, b, getattr(tol, m.reproduce))
+        checks.append(Check(m.name, a, b, t, ok))
     return checks
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kit import settings
+from kit import metricdefs, settings
 
 HEADER = ("| Nodes | Size | DP | TP | PP | MBS |  GBS | Mem  | Sec/it | TFLOPs |Est. Aggr. PetaFLOPs| Notes |\n"
           "| ----: | ---: | -: | -: | -: | --: |  --: | ---: | -----: | -----: | ---: | ----: |")
@@ -31,18 +31,16 @@ def gpt_params(layers: int, hidden: int, vocab: int, seq: int) -> float:
     return 12 * layers * hidden * hidden + 13 * layers * hidden + vocab * hidden + seq * hidden + 2 * hidden
 
 
-def fmt(value: Any, spec: str, unit: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{unit}"
-
-
 def row(*, nodes: int, size: str, dp: int, tp: int, pp: int, mbs: int, gbs: int, mem_mib: float | None,
         sec_per_iter: float | None, tflops: float | None, pflops: float | None, note: str,
-        label: str = "", status: str = "ok") -> str:
+        label: str = "", status: str = "ok", extra: tuple[str, ...] = ()) -> str:
+    """One row of the sweep table; ``extra``: cells inserted before Notes (the report's energy columns)."""
     node_cell = f"{nodes} ({label})" if label else f"{nodes}"
     node_cell += STATUS_MARK.get(status, "")
-    return (f"| {node_cell} | {size} | {dp} | {tp} | {pp} | {mbs} | {gbs} | {fmt(mem_mib, '.1f', ' MiB')} | "
-            f"{fmt(sec_per_iter, '.1f' if (sec_per_iter or 0) >= 10 else '.3f')} | {fmt(tflops, '.2f' if (tflops or 0) >= 0.01 else '.4f')} | "
-            f"{fmt(pflops, '.4f' if (pflops or 0) >= 0.0001 else '.2e')} | {note} |")
+    cell = metricdefs.cell
+    cells = [node_cell, size, dp, tp, pp, mbs, gbs, cell("peak_mem_mib", mem_mib), cell("sec_per_iter", sec_per_iter),
+             cell("tflops", tflops), cell("est_aggr_pflops", pflops), *extra, note]
+    return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
 def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
@@ -69,12 +67,7 @@ def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: di
         "seq": model.get("seq"), "checkpoint_activations": bool(model.get("checkpoint_activations")),
         "nodes": plan["nodes"], "ranks_per_node": plan["ranks_per_node"], "label": settings.label(requested),
         "dp": plan["dp"], "tp": plan["tp"], "pp": plan["pp"], "mbs": plan["micro_batch"], "gbs": plan["global_batch"],
-        "mem_mib": summary.get("peak_mem_mib"),
-        "device_mem_mib": summary.get("device_peak_reserved_mib"),  # GPU runs; None on CPUs
-        "sec_per_iter": summary.get("sec_per_iter") if ok else None,
-        "tflops": summary.get("tflops") if ok else None,
-        "est_aggr_pflops": summary.get("est_aggr_pflops") if ok else None,
-        "final_loss": summary.get("final_loss"), "iterations_logged": summary.get("iterations_logged"),
+        **{m.column: (summary.get(m.name) if ok or not m.finished_only else None) for m in metricdefs.columns()},
         "date": created[5:10], "created": created, "job_id": job,
         "note": " ".join(x for x in (created[5:10], f"job {job}" if job else "") if x),
         "setting_order": settings.row_order(requested),

@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kit import metricdefs
 from kit.results.humanize import setting_text, value_text
 from kit.results.store import BundleDocs
 from kit.textsafe import terminal
 
-METRICS = ("sec_per_iter", "sec_per_iter_min", "sec_per_iter_max", "tflops", "tflops_per_rank", "est_aggr_pflops",
-           "samples_per_sec", "tokens_per_sec", "peak_mem_mib", "final_loss", "iterations_timed", "duration_s")
-LOWER_IS_BETTER = {"sec_per_iter", "sec_per_iter_min", "sec_per_iter_max", "peak_mem_mib", "duration_s", "final_loss"}
+METRICS = tuple(m.name for m in metricdefs.compared())  # declared in kit.metricdefs, in that order
 PLAN_KEYS = ("recipe", "recipe_sha256", "presets", "preset_sha256", "overrides", "launcher", "runtime", "image", "nodes",
              "world_size", "ranks_per_node", "threads_per_rank", "dp", "tp", "pp", "zero", "micro_batch", "global_batch")
 HOST_KEYS = ("hostname", "cpu_model", "arch", "physical_cores", "logical_cpus", "usable_cpus", "numa_nodes",
@@ -57,8 +56,10 @@ class MetricDelta:
         r = self.rel
         if r is None or abs(r) < 0.005:
             return ""
-        better = (r < 0) if self.name in LOWER_IS_BETTER else (r > 0)
-        return "better" if better and self.name != "final_loss" else ("worse" if self.name != "final_loss" else "")
+        direction = metricdefs.BY_NAME[self.name].better
+        if direction is None:
+            return ""
+        return "better" if (r < 0) == (direction == "lower") else "worse"
 
 
 @dataclass

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kit import metricdefs
 from kit.bundle import atomic_write
 from kit.results.report import Report
 
-CHARTS = (("sec_per_iter", "Sec/it", "sec_per_iter.png", "seconds per iteration (lower is better)"),
-          ("tflops", "TFLOPs", "tflops.png", "TFLOPs per node (higher is better)"),
-          ("mem_mib", "Peak memory", "memory.png", "peak memory per node, MiB"))
+CHARTS = tuple((m.column, m.title[:1].upper() + m.title[1:], m.chart,
+                f"{m.title}, {m.unit}" + (f" ({m.better} is better)" if m.better else ""))
+               for m in metricdefs.charted())  # (row field, title, file, axis label), from kit.metricdefs
 
 
 def row_label(f: dict) -> str:

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from kit import bundle as bundle_mod, table
+from kit import bundle as bundle_mod, metricdefs, table
 from kit.errors import KitError
 from kit.results import store
 
 FORMATS = ("markdown", "csv", "json")
-CSV_COLUMNS = ("group", "nodes", "label", "size", "seq", "dp", "tp", "pp", "mbs", "gbs", "mem_mib", "device_mem_mib", "sec_per_iter",
-               "tflops", "est_aggr_pflops", "note", "status", "reason", "recipe", "presets", "overrides", "final_loss",
-               "date", "job_id", "id", "path")
+CSV_COLUMNS = ("group", "nodes", "label", "size", "seq", "dp", "tp", "pp", "mbs", "gbs",
+               *(m.column for m in metricdefs.columns()),  # the metrics a row carries (kit.metricdefs)
+               "note", "status", "reason", "recipe", "presets", "overrides", "date", "job_id", "id", "path")
 LEGEND = {
     "^^": "^^ Stalled: no progress within the stall timeout (the run was stopped; see the bundle's reason)",
     " (failed)": "(failed) The run failed; see the bundle's reason and logs/",

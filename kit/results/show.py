@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kit import bundle as bundle_mod, table
+from kit import bundle as bundle_mod, metricdefs, table
 from kit.results import store
 from kit.results.humanize import setting_text, value_text
 from kit.textsafe import terminal_tree
@@ -31,9 +31,7 @@ def summary(path: Path) -> dict[str, Any]:
         "layout": {k: plan.get(k) for k in ("nodes", "ranks_per_node", "world_size", "dp", "tp", "pp", "micro_batch",
                                              "global_batch", "threads_per_rank")},
         "settings": {st["name"]: setting_text(st) for st in plan.get("settings", [])},
-        "metrics": {k: s.get(k) for k in ("sec_per_iter", "tflops", "est_aggr_pflops", "samples_per_sec",
-                                           "tokens_per_sec", "peak_mem_mib", "final_loss", "iterations_logged",
-                                           "duration_s")},
+        "metrics": {m.name: s.get(m.name) for m in metricdefs.shown()},
         "host": {k: (docs.provenance.get("host") or {}).get(k) for k in ("hostname", "cpu_model", "usable_cpus", "os")},
         "job": docs.provenance.get("job"),
         "sweep": docs.sweep,
