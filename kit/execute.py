@@ -167,6 +167,7 @@ class _Watch:
         self.records: list[IterationRecord] = []
         self._lock = threading.Lock()
         self._last_progress = time.monotonic()
+        self.on_record: Callable[[int], None] | None = None  # the monitor's energy window
 
     def follow(self, proc: subprocess.Popen, log) -> None:
         for line in self.launcher.output(proc, self.b.logs):
@@ -177,6 +178,8 @@ class _Watch:
                     self.records.append(rec)
                     self._last_progress = time.monotonic()
                 self.view.update(rec)
+                if self.on_record is not None:
+                    self.on_record(rec.iteration)
 
     def until_exit(self, proc: subprocess.Popen, intr: _Interrupt, monitor: Monitor) -> tuple[str, str, dict[str, str]]:
         """Status ("ok" unless the kit stopped the ranks), reason, and the stacks collected."""
@@ -234,7 +237,8 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     plan = cmd.plan
     started = bundle_mod.now_iso()
     t_start = time.monotonic()
-    monitor = Monitor(b.id, plan.rank_argv[1:], expected_local=plan.ranks_per_node)
+    monitor = Monitor(b.id, plan.rank_argv[1:], expected_local=plan.ranks_per_node,
+                      timed_window=(plan.recipe.train.warmup_iters, plan.recipe.train.iters))
 
     # one interrupt guard over the run *and* its finalization: a second Ctrl-C while the bundle
     # is written is recorded, not obeyed, so the bundle is always finalized
@@ -248,6 +252,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         with ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
                           f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
             watch = _Watch(plan, b, launcher, view)
+            watch.on_record = monitor.iteration_logged
             with b.log_writer("logs/launcher.log") as log:
                 log.write(f"# kit: {' '.join(cmd.argv)}\n")
                 with reaper.guard(b.id, TERM_GRACE_S) as guard:

@@ -113,7 +113,8 @@ def _write(rec: RunRecord, console: Console) -> Outcome:
                                 checkpoint_activations=r.model.checkpoint_activations, tp=r.parallel.tp,
                                 world_size=plan.world_size, ranks_per_node=plan.ranks_per_node, nodes=plan.nodes,
                                 warmup_iters=r.train.warmup_iters, rank_peak_rss_mib=rank_peaks,
-                                device_memory=device_memory)
+                                device_memory=device_memory,
+                                energy_by_node={m["node"]: m.get("energy") for m in monitors})
     summary["duration_s"] = round(rec.duration, 3)
     summary["status"] = status
     ranks_out: dict[str, Any] = {}

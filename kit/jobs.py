@@ -37,7 +37,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, hostinfo, known_bad, launchers, proc, reaper, runtimes, schedulers
+from kit import bundle as bundle_mod, energy, hostinfo, known_bad, launchers, proc, reaper, runtimes, schedulers
 from kit.bundle import FINAL_STATUSES, Bundle
 from kit.errors import EXIT_NOT_READY, KitError
 from kit.execute import execute
@@ -55,7 +55,7 @@ POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
 #: how long `kit collect` lets the kit inside an ended job finish finalizing the bundle itself
 COLLECT_GRACE_S = float(os.environ.get("KIT_COLLECT_GRACE_S", "60"))
 #: files the job manager writes into the bundle's logs, possibly after the kit finalized it
-SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats))$")
+SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats|acct))$")
 
 
 # -- submission -----------------------------------------------------------------------------
@@ -256,6 +256,17 @@ def monitor_node(bundle_dir: Path, *, head: str | None = None, interval_s: float
 
 
 # -- after the job --------------------------------------------------------------------------
+def _record_accounted_energy(b: Bundle, job_id: str) -> None:
+    """After a PJM job: ``pjstata -j ID``'s output as ``logs/pjm.ID.acct`` (its ``ACCT_ECON``, the
+    job's accounted energy, cross-checks the measured ``energy_j``), once, when it has one."""
+    name = f"logs/pjm.{job_id}.acct"
+    if not SCHEDULER_FILES.match(name) or (b.path / name).exists():
+        return
+    acc = energy.accounted_energy(job_id)
+    if acc.get("value") is not None:
+        b.write_text(name, acc["output"])
+
+
 def _refold_scheduler_files(bundle_dir: Path) -> bool:
     """Re-checksum a final bundle whose only changes are the scheduler's output/statistics files."""
     m = bundle_mod.read_manifest(bundle_dir)
@@ -298,6 +309,8 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
     b = Bundle.open(bundle_dir)
     job = _job(bundle_dir)
     if b.manifest.status in FINAL_STATUSES:
+        if job["launcher"] == "pjm":
+            _record_accounted_energy(b, job["job_id"])
         _refold_scheduler_files(bundle_dir)
         b = Bundle.open(bundle_dir)
         if b.manifest.status == "interrupted" and "job manager:" not in b.manifest.reason:

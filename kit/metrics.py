@@ -3,7 +3,8 @@
 ``summarize`` implements the summary rule of each metric declared in ``kit.metricdefs``
 (which says, per metric, its unit, its rule, its better direction and where it is shown):
 sec/it as the median after the warm-up, TFLOPs by Megatron's formula (``kit.flops``),
-peak memory per node as the sum of its ranks' peaks. Its keys are exactly the declared ones.
+peak memory per node as the sum of its ranks' peaks, energy over the timed window from the
+nodes' counters (``kit.energy``). Its keys are exactly the declared ones.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from kit import flops, metricdefs
+from kit import energy, flops, metricdefs
 from kit.logparse import IterationRecord
 
 
@@ -19,7 +20,8 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
               global_batch: int, checkpoint_activations: bool, tp: int, world_size: int,
               ranks_per_node: int, nodes: int, warmup_iters: int,
               rank_peak_rss_mib: dict[str, dict[str, float]] | None = None,
-              device_memory: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+              device_memory: dict[str, dict[str, float]] | None = None,
+              energy_by_node: dict[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """The metrics summary. Values that were not measured are None, never estimated."""
     timed = [r for r in records if r.iteration > warmup_iters and r.elapsed_s is not None]
     summary: dict[str, Any] = dict.fromkeys(metricdefs.summary_keys())
@@ -45,4 +47,55 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
     for field in ("allocated", "reserved"):
         seen = [d[f"max_{field}"] for d in (device_memory or {}).values() if f"max_{field}" in d]
         summary[f"device_peak_{field}_mib"] = max(seen) if seen else None
+    summary.update(energy_summary(energy_by_node or {}, tokens_per_iter=global_batch * seq))
     return summary
+
+
+def energy_summary(by_node: dict[str, dict[str, Any] | None], *, tokens_per_iter: int) -> dict[str, Any]:
+    """The energy metrics from each node's monitor energy document (``kit.energy.Meter.doc``
+    plus the window marks of the node that follows the log). None, with ``energy_note``
+    saying why, unless every node exposed a counter whose samples cover the window."""
+    out: dict[str, Any] = dict.fromkeys(("energy_j", "energy_j_per_iter", "tokens_per_j", "avg_power_w",
+                                         "energy_j_per_node", "energy_source", "energy_note"))
+    docs = {node: d for node, d in by_node.items() if d}
+    if not docs:
+        out["energy_note"] = "no energy sampled: the monitor recorded no energy document"
+        return out
+    out["energy_source"] = "; ".join(dict.fromkeys(d["source"] for d in docs.values() if d.get("source"))) or None
+    bare = {node: d for node, d in docs.items() if not d.get("counted")}
+    if bare:
+        out["energy_note"] = "; ".join(f"{node}: no energy counter exposed ({'; '.join(d.get('unavailable') or [])})"
+                                       for node, d in bare.items())
+        return out
+    window = next((d["window"] for d in docs.values() if d.get("window")), {})
+    if "start" not in window or "end" not in window:
+        out["energy_note"] = ("the timed window did not complete (its counters are read at the first line after the "
+                              "warm-up and at the last iteration's line)")
+        return out
+    t0, t1 = window["start"]["t"], window["end"]["t"]
+    iters = window["end"]["iteration"] - window["start"]["iteration"]
+    per_node: dict[str, Any] = {}
+    for node, d in docs.items():
+        joules = energy.window_joules(d, t0, t1)
+        if joules is None:
+            out["energy_note"] = f"{node}: its energy samples do not cover the timed window"
+            return out
+        per_node[node] = {"energy_j": round(sum(joules[k] for k in d["counted"]), 3),
+                          "domains": {k: round(v, 3) for k, v in joules.items()}}
+    total = sum(n["energy_j"] for n in per_node.values())
+    if total <= 0 or iters <= 0 or t1 <= t0:
+        out["energy_note"] = (f"the counters did not advance over the window ({total:g} J, {iters} iteration(s), "
+                              f"{t1 - t0:.3g} s): not a measurement")
+        return out
+    out.update(energy_j_per_node=per_node, energy_j=total)
+    out.update(energy_j_per_iter=total / iters, tokens_per_j=tokens_per_iter * iters / total,
+               avg_power_w=total / (t1 - t0))
+    scope = [f"{iters} iteration(s) ({window['start']['iteration'] + 1}..{window['end']['iteration']}) "
+             f"on {len(per_node)} node(s)"]
+    if any("rapl" in (d.get("source") or "") for d in docs.values()):
+        scope.append("RAPL counts CPU packages and DRAM, not the whole node")
+    if len(docs) > 1:
+        scope.append("other nodes interpolated between their samples")
+    problems = [p for d in docs.values() for p in d.get("problems") or []]
+    out["energy_note"] = "; ".join(scope + problems[:3])
+    return out

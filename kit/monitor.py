@@ -10,6 +10,11 @@ shows (``/proc/<pid>/maps``); and when it was last seen alive.
 Sampling reads a few ``/proc`` files per rank every ``interval`` seconds; a full scan of
 the process table (to find ranks, and each rank's child processes) happens only until
 every expected rank is found, then every ``rescan_s`` seconds.
+
+Energy (``kit.energy``): the node's counters are read when the monitor starts and stops,
+when the timed window opens and closes (told by the log reader through
+``iteration_logged``), and every ``Meter.interval_s`` in between so that a wrapping counter
+is never missed: a few sysfs/NVML reads, negligible next to the ranks.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from kit import allocator, rankenv
+from kit import allocator, energy, rankenv
 
 MIB = 2**20
 
@@ -76,7 +81,8 @@ class Monitor:
     """Samples the ranks of run ``run_id`` on this node in a background thread."""
 
     def __init__(self, run_id: str, match: list[str], expected_local: int, *, interval: float = 0.5,
-                 rescan_s: float = 5.0, node: str | None = None):
+                 rescan_s: float = 5.0, node: str | None = None, timed_window: tuple[int, int] | None = None,
+                 meter: energy.Meter | None = None):
         self.run_id = run_id
         self.match = " ".join(match)
         self.expected_local = expected_local
@@ -97,16 +103,24 @@ class Monitor:
         self._cpu_end: float | None = None
         # told the pids of the ranks and their children at each scan (the kit's reaper)
         self.on_pids: Callable[[list[int]], None] | None = None
+        # energy: (warm-up iterations, last iteration) of the timed window, and its marks
+        self.timed_window = timed_window
+        self.meter = meter if meter is not None else energy.Meter.detect()
+        self.window: dict[str, dict[str, float]] = {}
+        self._energy_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> "Monitor":
         self._cpu_start = time.process_time()
+        self._energy_sample()
         self._thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+        self._energy_sample()
+        self.meter.close()
         if self._cpu_start is not None and self._cpu_end is None:
             self._cpu_end = time.process_time()
 
@@ -120,6 +134,8 @@ class Monitor:
         while not self._stop.is_set():
             t0 = time.thread_time()
             self.sample()
+            if self.meter.due():
+                self._energy_sample()
             self.cpu_time_s += time.thread_time() - t0
             self._stop.wait(self.interval)
 
@@ -206,6 +222,22 @@ class Monitor:
             if s.allocator.get("allocator") in (None, "unknown") or now - s.first_seen < 3:
                 s.allocator = allocator.mapped_allocator(p.pid)
 
+    # -- energy -----------------------------------------------------------------------------
+    def _energy_sample(self) -> float | None:
+        with self._energy_lock:
+            return self.meter.sample()
+
+    def iteration_logged(self, iteration: int) -> None:
+        """Told of each iteration line: the counters are read as the timed window opens (the
+        first line at or after the warm-up) and as it closes (the last iteration's line)."""
+        if self.timed_window is None or not self.meter.counters:
+            return
+        warmup, last = self.timed_window
+        if "start" not in self.window and warmup <= iteration < last:
+            self.window["start"] = {"t": self._energy_sample(), "iteration": iteration}
+        elif "start" in self.window and "end" not in self.window and iteration >= last:
+            self.window["end"] = {"t": self._energy_sample(), "iteration": iteration}
+
     # -- results ----------------------------------------------------------------------------
     def pids(self) -> dict[int, int]:
         with self._lock:
@@ -216,4 +248,4 @@ class Monitor:
             ranks = {str(r): asdict(s) for r, s in sorted(self.ranks.items())}
         return {"node": self.node, "expected_local_ranks": self.expected_local, "ranks": ranks,
                 "interval_s": self.interval, "monitor_cpu_s": round(self.cpu_time_s, 4),
-                "kit_cpu_s": round(self.process_cpu_s, 4)}
+                "kit_cpu_s": round(self.process_cpu_s, 4), "energy": {**self.meter.doc(), "window": dict(self.window)}}

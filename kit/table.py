@@ -15,6 +15,25 @@ from kit import metricdefs, settings
 HEADER = ("| Nodes | Size | DP | TP | PP | MBS |  GBS | Mem  | Sec/it | TFLOPs |Est. Aggr. PetaFLOPs| Notes |\n"
           "| ----: | ---: | -: | -: | -: | --: |  --: | ---: | -----: | -----: | ---: | ----: |")
 
+#: the metrics the reference table has cells for; other declared cells (J/it, tokens/J) are
+#: the report's extra columns, shown before Notes when a row has them
+REFERENCE_CELLS = ("peak_mem_mib", "sec_per_iter", "tflops", "est_aggr_pflops")
+
+
+def extra_metrics() -> tuple[metricdefs.Metric, ...]:
+    return tuple(m for m in metricdefs.columns() if m.cell and m.name not in REFERENCE_CELLS)
+
+
+def header(extra: tuple[metricdefs.Metric, ...] = ()) -> str:
+    """The table's header, with ``extra`` metric columns before Notes."""
+    if not extra:
+        return HEADER
+    top, rule = HEADER.split("\n")
+    cut = top.rindex(" Notes |")
+    return (top[:cut] + "".join(f" {m.title} |" for m in extra) + top[cut:] + "\n"
+            + rule[:rule.rindex(" ----: |")] + " ---: |" * len(extra) + " ----: |")
+
+
 STATUS_MARK = {"stalled": "^^", "failed": " (failed)", "interrupted": " (interrupted)"}
 
 
@@ -74,10 +93,11 @@ def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: di
     }
 
 
-def fields_row(f: dict[str, Any]) -> str:
+def fields_row(f: dict[str, Any], extra: tuple[metricdefs.Metric, ...] = ()) -> str:
     return row(nodes=f["nodes"], size=f["size"], dp=f["dp"], tp=f["tp"], pp=f["pp"], mbs=f["mbs"], gbs=f["gbs"],
                mem_mib=f["mem_mib"], sec_per_iter=f["sec_per_iter"], tflops=f["tflops"], pflops=f["est_aggr_pflops"],
-               note=f["note"], label=f["label"], status=f["status"])
+               note=f["note"], label=f["label"], status=f["status"],
+               extra=tuple(metricdefs.cell(m.name, f.get(m.column)) for m in extra))
 
 
 def bundle_row(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> str:

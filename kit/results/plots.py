@@ -3,7 +3,8 @@
 One chart per measure — ``sec_per_iter.png``, ``tflops.png``, ``memory.png`` — with one bar per
 row, labelled by preset and layout (``2.2Hz, ... | DP4 TP1 PP1``), grouped by model size and
 sequence length. Rows without a value (not measured, stalled) are drawn as an empty slot
-marked ``-``.
+marked ``-``. Where rows measured energy, ``tradeoff.png`` draws each row's sec/it against
+its J/it (what each setting buys in time and costs in energy), one series per group.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ def row_label(f: dict) -> str:
 
 
 def plot(rep: Report, out_dir: Path) -> list[Path]:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,10 +53,41 @@ def plot(rep: Report, out_dir: Path) -> list[Path]:
         ax.set_xlabel(xlabel)
         ax.set_title(f"{name}" + (f" — {groups[0][0]}" if len(groups) == 1 else ""))
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        atomic_write(out_dir / fname, buf.getvalue())
-        (out_dir / fname).chmod(0o644)
-        written.append(out_dir / fname)
+        written.append(_save(plt, fig, out_dir / fname))
+    if any(f.get(TRADEOFF[0].column) is not None and f.get(TRADEOFF[1].column) is not None for f in rows):
+        written.append(_tradeoff(plt, groups, out_dir))
     return written
+
+
+#: (x, y) of the trade-off chart: sec/it against J/it
+TRADEOFF = (metricdefs.BY_NAME["sec_per_iter"], metricdefs.BY_NAME["energy_j_per_iter"])
+
+
+def _save(plt, fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write(path, buf.getvalue())
+    path.chmod(0o644)
+    return path
+
+
+def _tradeoff(plt, groups, out_dir: Path) -> Path:
+    """Each measured row as a point (sec/it, J/it), labelled by its preset and layout."""
+    x, y = TRADEOFF
+    fig, ax = plt.subplots(figsize=(9, 6))
+    for title, g in groups:
+        pts = [f for f in g if f.get(x.column) is not None and f.get(y.column) is not None]
+        if not pts:
+            continue
+        ax.scatter([f[x.column] for f in pts], [f[y.column] for f in pts], label=title)
+        for f in pts:
+            ax.annotate(row_label(f), (f[x.column], f[y.column]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    ax.set_xlabel(f"{x.title}, {x.unit} ({x.better} is better)")
+    ax.set_ylabel(f"{y.title}, {y.unit} ({y.better} is better)")
+    ax.set_title("Time against energy per iteration")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(plt, fig, out_dir / "tradeoff.png")

@@ -5,7 +5,9 @@ Rows are grouped by model size and sequence length (``### 124M model, Sequence L
 ranks per node, then the plain row, single settings — retention, frequency, allocator —
 then combinations; DP layouts before TP), with the preset written the way the table writes
 it, ``^^`` for a stalled run, ``-`` for what was not measured and the date (and job id) as
-the note. ``--format csv|json|markdown``; ``--plot DIR`` writes PNG charts.
+the note. Where a group's rows measured energy, J/it and tokens/J columns come before the
+notes (every column a row carries is declared in ``kit.metricdefs``; CSV and JSON carry them
+all). ``--format csv|json|markdown``; ``--plot DIR`` writes PNG charts (``kit.results.plots``).
 
 Bundles that do not verify or have not finished are left out, each with a warning line on
 stderr. Exit codes: 0 ok; 1 some bundles were left out (the table of the rest is printed);
@@ -99,9 +101,11 @@ def markdown(rep: Report) -> str:
     marks: set[str] = set()
     stalled: list[str] = []
     for title, rows in rep.groups():
-        out += [f"### {title}", table.HEADER]
+        # J/it, tokens/J: only where a row of the group measured them (the reference table has no such columns)
+        extra = tuple(m for m in table.extra_metrics() if any(f.get(m.column) is not None for f in rows))
+        out += [f"### {title}", table.header(extra)]
         for f in rows:
-            out.append(table.fields_row(f))
+            out.append(table.fields_row(f, extra))
             mark = table.STATUS_MARK.get(f["status"])
             if f["status"] == "refused":
                 stalled.append(f"{f['label'] or 'plain'} DP {f['dp']} TP {f['tp']} PP {f['pp']}: not run: {f['reason']}")
@@ -117,6 +121,10 @@ def markdown(rep: Report) -> str:
         for s in stalled:
             out.append(f"- {s}")
         out.append("- `-`: not measured. Timing of runs that did not finish is not reported.")
+        if any(f.get(m.column) is not None for f in rep.rows for m in table.extra_metrics()):
+            out.append("- J/it, tokens/J: energy of the timed iterations from each node's counters (RAPL, NVML or "
+                       "the Fujitsu Power API; `energy_source` and `energy_note` in the CSV/JSON say which and what "
+                       "they cover).")
         recipes = sorted({r["recipe"] for r in rep.rows})
         out.append(f"- Recipes: {', '.join(recipes)}; {len(rep.rows)} row(s).")
     return "\n".join(out).rstrip() + "\n"
