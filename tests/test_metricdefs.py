@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from kit import logparse, metricdefs, metrics, table
-from kit.results import compare, plots, report, reproduce
+from kit import logparse, metricdefs, metrics, reproduce, table
+from kit.results import compare, plots, report
 
 
 def _records():
