@@ -234,8 +234,12 @@ class PowerApi(Counter):
             f.restype = ctypes.c_int
         self.contexts: list[ctypes.c_void_p] = []
         measured = self._context("PWR_CNTXT_FX1000")
-        self.objects: dict[str, tuple[ctypes.c_void_p, int]] = {
-            "node": (self._object(measured, "plat.node"), c["PWR_ATTR_MEASURED_ENERGY"])}
+        try:
+            node = self._object(measured, "plat.node")
+        except Unavailable:
+            self.close()
+            raise
+        self.objects: dict[str, tuple[ctypes.c_void_p, int]] = {"node": (node, c["PWR_ATTR_MEASURED_ENERGY"])}
         try:
             estimated = self._context("PWR_CNTXT_DEFAULT")
             for i in range(CMGS):
@@ -245,7 +249,11 @@ class PowerApi(Counter):
                                                          c["PWR_ATTR_ENERGY"])
         except Unavailable:
             pass  # the estimates are detail: the measured node energy stands without them
-        self.read()
+        try:
+            self.read()
+        except OSError as e:
+            self.close()
+            raise Unavailable(f"Fujitsu Power API: {e}") from None
         self.counted = ("node",)
         self.ranges = dict.fromkeys(self.objects)
 
@@ -309,6 +317,8 @@ class Meter:
                 m.counters.append(kind())
             except Unavailable as e:
                 m.unavailable.append(str(e))
+            except OSError as e:  # an unexpected sysfs/library error: no energy, never a failed run
+                m.unavailable.append(f"{kind.source}: {e}")
         return m
 
     def due(self, now: float | None = None) -> bool:
