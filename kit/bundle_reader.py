@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from kit import metricdefs
+
 MAX_JSON_BYTES = 64 << 20  # metrics.json holds the per-iteration series
 MAX_YAML_BYTES = 1 << 20
 MAX_MANIFEST_BYTES = 16 << 20  # a sha256 line per file
@@ -38,12 +40,10 @@ MAX_TEXT_BYTES = 16 << 20  # job scripts, statistics files
 MAX_DEPTH = 64
 CHUNK = 1 << 20
 
-#: summary figures that commands format as numbers: finite numbers or null, nothing else
-NUMERIC_SUMMARY = (
-    "sec_per_iter", "sec_per_iter_mean", "sec_per_iter_min", "sec_per_iter_max", "tflops", "tflops_per_rank",
-    "est_aggr_pflops", "samples_per_sec", "tokens_per_sec", "peak_mem_mib", "final_loss", "iterations_logged",
-    "iterations_timed", "duration_s", "device_peak_allocated_mib", "device_peak_reserved_mib",
-)
+#: summary figures that commands format as numbers (declared in kit.metricdefs): finite numbers or null
+NUMERIC_SUMMARY = tuple(m.name for m in metricdefs.METRICS if m.kind == "number")
+#: summary texts that commands print (energy_source, energy_note): strings or null
+TEXT_SUMMARY = tuple(m.name for m in metricdefs.METRICS if m.kind == "text")
 #: sections of provenance.json and plan.json that commands index into: objects (or absent)
 OBJECT_SECTIONS = {
     "provenance.json": ("plan", "runtime", "software", "host", "kit", "run", "job", "scheduler", "environment"),
@@ -211,6 +211,9 @@ def validate_document(rel: str, doc: Any, where: Path | str) -> dict[str, Any]:
             v = summary.get(key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise BundleReadError(where, f"summary.{key} is {type(v).__name__}, not a number or null")
+        for key in TEXT_SUMMARY:
+            if summary.get(key) is not None and not isinstance(summary[key], str):
+                raise BundleReadError(where, f"summary.{key} is {type(summary[key]).__name__}, not a string or null")
         per_node = summary.get("peak_mem_mib_per_node")
         if per_node is not None and not (isinstance(per_node, dict) and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in per_node.values())):

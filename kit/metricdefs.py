@@ -101,6 +101,7 @@ class Metric:
     compare: bool = False  # listed (with its change) by ``kit compare``
     show: bool = False  # listed by ``kit bundle show``
     reproduce: Literal["timing", "memory", "loss"] | None = None  # checked by ``kit reproduce``
+    kind: Literal["number", "text", "mapping"] = "number"  # what a bundle's reader accepts (or null)
 
     @property
     def title(self) -> str:
@@ -131,7 +132,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("peak_mem_mib", "MiB", "per node, the sum over its ranks of each rank's peak RSS (process tree); "
            "the largest node", label="peak memory", better="lower", column="mem_mib", cell=_cell_mem,
            chart="memory.png", compare=True, show=True, reproduce="memory"),
-    Metric("peak_mem_mib_per_node", "MiB", "per node, the sum over its ranks of each rank's peak RSS"),
+    Metric("peak_mem_mib_per_node", "MiB", "per node, the sum over its ranks of each rank's peak RSS", kind="mapping"),
     Metric("device_peak_allocated_mib", "MiB", "largest 'max allocated' of any rank's CUDA memory report; "
            "None on CPUs"),
     Metric("device_peak_reserved_mib", "MiB", "largest 'max reserved' of any rank's CUDA memory report; "
@@ -149,9 +150,10 @@ METRICS: tuple[Metric, ...] = (
            show=True),
     Metric("avg_power_w", "W", "energy_j / the timed window's wall time", label="average power",
            column="avg_power_w", finished_only=True, compare=True),
-    Metric("energy_j_per_node", "J", "per node, its counted energy in the window and each domain's"),
-    Metric("energy_source", "", "which counters were read on the nodes (text)", column="energy_source"),
-    Metric("energy_note", "", "why energy is None, or what the counted energy covers (text)", column="energy_note"),
+    Metric("energy_j_per_node", "J", "per node, its counted energy in the window and each domain's", kind="mapping"),
+    Metric("energy_source", "", "which counters were read on the nodes", column="energy_source", kind="text"),
+    Metric("energy_note", "", "why energy is None, or what the counted energy covers", column="energy_note",
+           kind="text"),
     Metric("world_size", "ranks", "the plan's world size"),
     Metric("ranks_per_node", "ranks", "the plan's ranks per node"),
     Metric("nodes", "nodes", "the plan's node count"),

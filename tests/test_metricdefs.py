@@ -67,3 +67,16 @@ def test_table_cells_use_the_declared_formats():
     r = table.row(nodes=1, size="7M", dp=1, tp=1, pp=1, mbs=1, gbs=8, mem_mib=744.0, sec_per_iter=12.34,
                   tflops=0.005, pflops=None, note="12-03")
     assert r == "| 1 | 7M | 1 | 1 | 1 | 1 | 8 | 744.0 MiB | 12.3 | 0.0050 | - | 12-03 |"
+
+
+def test_the_bundle_reader_checks_each_declared_metric_by_its_kind():
+    """An untrusted bundle's summary: declared numbers must be numbers, texts strings (or null)."""
+    import pytest
+
+    from kit import bundle_reader
+
+    ok = {"summary": {"energy_j_per_iter": 1.5, "energy_note": "why", "sec_per_iter": None}}
+    assert bundle_reader.validate_document("metrics.json", ok, "m.json") == ok
+    for bad in ({"energy_j_per_iter": "12"}, {"tokens_per_j": True}, {"energy_note": 5}):
+        with pytest.raises(bundle_reader.BundleReadError, match=f"summary.{next(iter(bad))} is"):
+            bundle_reader.validate_document("metrics.json", {"summary": bad}, "m.json")
