@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from kit import metricdefs, settings
+from kit.textsafe import table_cell
 
 HEADER = ("| Nodes | Size | DP | TP | PP | MBS |  GBS | Mem  | Sec/it | TFLOPs |Est. Aggr. PetaFLOPs| Notes |\n"
           "| ----: | ---: | -: | -: | -: | --: |  --: | ---: | -----: | -----: | ---: | ----: |")
@@ -59,7 +60,7 @@ def row(*, nodes: int, size: str, dp: int, tp: int, pp: int, mbs: int, gbs: int,
     cell = metricdefs.cell
     cells = [node_cell, size, dp, tp, pp, mbs, gbs, cell("peak_mem_mib", mem_mib), cell("sec_per_iter", sec_per_iter),
              cell("tflops", tflops), cell("est_aggr_pflops", pflops), *extra, note]
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+    return "| " + " | ".join(table_cell(c) if isinstance(c, str) else str(c) for c in cells) + " |"
 
 
 def row_fields(manifest: dict[str, Any], metrics: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:

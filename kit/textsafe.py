@@ -57,6 +57,18 @@ def markdown_cell(text: Any) -> str:
     return "".join("\\" + ch if ch in _MARKDOWN_SPECIAL else ch for ch in terminal(text))
 
 
+_TABLE_SPECIAL = set("\\`[]<>|")  # what can add a column, a link, code or HTML to a table row
+
+
+def table_cell(text: Any) -> str:
+    """``text`` safe as a cell of a Markdown table that must also read well as plain text
+    (the sweep table): controls escaped as for the terminal, and only what can change the
+    table's structure or inject a link, code or HTML (``|``, ``[``, ``]``, ``<``, ``>``,
+    backticks, backslash) backslash-escaped; ``_`` and ``*`` are left as written
+    (``LD_PRELOAD`` stays ``LD_PRELOAD``)."""
+    return "".join("\\" + ch if ch in _TABLE_SPECIAL else ch for ch in terminal(text))
+
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 

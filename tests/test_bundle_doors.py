@@ -28,7 +28,7 @@ from kit.results import report, store
 SECRET = "ghp_" + "a1b2c3d4e5" * 4
 
 
-def _finished(tmp_path: Path, **docs) -> Bundle:
+def _finished(tmp_path: Path, status: str = "ok", reason: str = "", **docs) -> Bundle:
     """A finalized bundle written through the writer, with minimal valid documents."""
     b = Bundle.create(tmp_path, recipe="tiny", preset="baseline")
     base = {
@@ -43,7 +43,7 @@ def _finished(tmp_path: Path, **docs) -> Bundle:
     b.write_yaml("recipe.yaml", {"name": "tiny"})
     b.write_yaml("preset.yaml", {"name": "baseline"})
     (b.logs / "launcher.log").write_text("ok\n")
-    b.finalize("ok")
+    b.finalize(status, reason)
     return b
 
 
@@ -215,3 +215,26 @@ def test_readers_take_documents_of_any_shape(tmp_path_factory, metrics, prov):
         report.render(rep, fmt)
     for s in rep.skipped:
         assert "\n" not in s and b.id in s
+
+
+def test_strings_from_a_bundle_cannot_forge_report_rows_or_formulas(tmp_path):
+    """A reason with a newline and pipes, a setting value with a pipe and ANSI, a recipe name
+    that is a spreadsheet formula: the Markdown keeps one row per bundle with its columns,
+    the CSV cell is not a formula."""
+    evil = "x | y\n| forged | row | \x1b]0;pwned\x07"
+    prov = {"plan": {"nodes": 1, "dp": 1, "tp": 1, "pp": 1, "micro_batch": 1, "global_batch": 8, "ranks_per_node": 1,
+                     "recipe": "=HYPERLINK(\"http://x\")",
+                     "settings": [{"name": "allocator", "requested": "/lib/a|b.so"}]},
+            "runtime": {}, "software": {}, "host": {}}
+    _finished(tmp_path, status="stalled", reason=evil, **{"provenance.json": prov})
+    rep = report.build([tmp_path])
+    md = report.render(rep, "markdown")
+    assert "\x1b" not in md and "\n| forged" not in md
+    rows = [ln for ln in md.splitlines() if ln.startswith("| 1")]
+    assert len(rows) == 1
+    header = next(ln for ln in md.splitlines() if ln.startswith("| Nodes"))
+    unescaped = lambda ln: ln.replace("\\|", "")  # noqa: E731
+    assert unescaped(rows[0]).count("|") == header.count("|")
+    assert not any(ln.startswith("| forged") for ln in md.splitlines())
+    csv_text = report.render(rep, "csv")
+    assert ",'=HYPERLINK(" in csv_text or ",\"'=HYPERLINK(" in csv_text

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from kit import bundle as bundle_mod, metricdefs, table
 from kit.errors import KitError
+from kit.textsafe import csv_cell, table_cell
 from kit.results import store
 
 FORMATS = ("markdown", "csv", "json")
@@ -103,15 +104,17 @@ def markdown(rep: Report) -> str:
     for title, rows in rep.groups():
         # J/it, tokens/J: only where a row of the group measured them (the reference table has no such columns)
         extra = tuple(m for m in table.extra_metrics() if any(f.get(m.column) is not None for f in rows))
-        out += [f"### {title}", table.header(extra)]
+        out += [f"### {table_cell(title)}", table.header(extra)]
         for f in rows:
             out.append(table.fields_row(f, extra))
             mark = table.STATUS_MARK.get(f["status"])
             if f["status"] == "refused":
-                stalled.append(f"{f['label'] or 'plain'} DP {f['dp']} TP {f['tp']} PP {f['pp']}: not run: {f['reason']}")
+                stalled.append(f"{table_cell(f['label'] or 'plain')} DP {f['dp']} TP {f['tp']} PP {f['pp']}: "
+                               f"not run: {table_cell(f['reason'])}")
             elif mark:
                 marks.add(mark)
-                stalled.append(f"{f['id']}: {f['status']}: {f['reason'] or 'no reason recorded'}")
+                stalled.append(f"{table_cell(f['id'])}: {table_cell(f['status'])}: "
+                               f"{table_cell(f['reason'] or 'no reason recorded')}")
         out.append("")
     if marks or rep.rows:
         out.append("### Comments")
@@ -126,7 +129,7 @@ def markdown(rep: Report) -> str:
                        "the Fujitsu Power API; `energy_source` and `energy_note` in the CSV/JSON say which and what "
                        "they cover).")
         recipes = sorted({r["recipe"] for r in rep.rows})
-        out.append(f"- Recipes: {', '.join(recipes)}; {len(rep.rows)} row(s).")
+        out.append(f"- Recipes: {', '.join(table_cell(r) for r in recipes)}; {len(rep.rows)} row(s).")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -141,7 +144,7 @@ def to_csv(rep: Report) -> str:
     w.writeheader()
     for _, rows in rep.groups():
         for f in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in _plain(f).items()})
+            w.writerow({k: ("" if v is None else csv_cell(v)) for k, v in _plain(f).items()})
     return buf.getvalue()
 
 
