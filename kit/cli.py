@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -20,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kit import catalog, flops as flops_mod, plan as plan_mod, preset as preset_mod, recipe as recipe_mod
-from kit.errors import EXIT_USAGE, KitError
+from kit.errors import EXIT_INTERRUPTED, EXIT_USAGE, KitError
 from kit.results.cli import JsonOpt
 from kit.textsafe import terminal, terminal_tree
 
@@ -384,14 +385,18 @@ def main() -> None:
             sys.exit(e.exit_code)
         err.print(f"kit: error: {cmd}: {msg} (see `{cmd} --help`)", highlight=False, markup=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except typer.Abort:
-        err.print("kit: aborted", highlight=False)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C outside a run's own guard (a run's bundle is final by then)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not interrupt the exit
+        err.print("kit: interrupted", highlight=False, markup=False)
+        sys.exit(EXIT_INTERRUPTED)
     except OSError as e:  # a path given on the command line that cannot be written or read (--out /proc/x)
         where = f"{e.filename}: " if e.filename else ""
         err.print(f"kit: error: {terminal(where)}{e.strerror or e}; pass a directory you can write to",
                   highlight=False, markup=False, soft_wrap=True)
         sys.exit(EXIT_USAGE)
+    # the command is done (a run's bundle is final): a Ctrl-C now must not turn its exit code
+    # into death by SIGINT on the way out
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 
