@@ -190,6 +190,8 @@ def test_torch_source_needs_no_wheelhouse(tmp_path):
     (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5.0-cp312-cp312-linux_aarch64.whl"], "--torch-wheel"),
     (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5.0-cp311-cp311-linux_x86_64.whl"], "--torch-wheel"),
     (["--target", "a64fx", "--torch-wheel", "WHEEL:numpy-2.0-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5$(id)-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5 x-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
     (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5.0-cp311-cp311-linux_aarch64.whl", "--torch", "source"],
      "--torch-wheel"),
     (["--target", "a64fx", "--torch-wheel", "/nonexistent/torch-2.5.0-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),

@@ -146,7 +146,8 @@ def torch_wheel_options(path: Path) -> dict[str, str]:
 def wheel_torch_version(name: str, *, python: str, machine: str) -> str:
     """The torch version a wheel file name carries, after checking that the image can install
     it (``torch-<version>-cp311-cp311-<platform>_<machine>.whl`` for Python 3.11)."""
-    parts = name[:-4].split("-") if name.endswith(".whl") else []
+    # the name goes into a %post shell line and a label: wheel-name characters only
+    parts = name[:-4].split("-") if re.fullmatch(r"[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.+!]+)+\.whl", name) else []
     tag = "cp" + python.replace(".", "")
     if len(parts) not in (5, 6) or parts[0] != "torch":
         raise KitError(f"{name} is not a torch wheel file name", where="--torch-wheel",
