@@ -27,6 +27,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 import zipfile
@@ -222,7 +223,6 @@ def torch_wheel_openblas(tmp_path_factory) -> dict:
 
     wheel = default_wheel_cache() / "aarch64" / TORCH_WHEEL
     if not wheel.is_file():
-        import sys
         version = TORCH_WHEEL.split("-")[1]
         proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                                "--platform", "manylinux_2_28_aarch64", "--python-version", "3.11",
