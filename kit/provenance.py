@@ -20,6 +20,36 @@ from kit import hostinfo
 from kit.bundle import atomic_write
 from kit.redact import redact_env
 
+# The OpenBLAS in this process (run where the ranks run, after torch's import): the first
+# library mapped whose file name says openblas and that exports OpenBLAS's own API (numpy's
+# scipy_openblas prefixes its symbols, and torch cannot use it).
+_BLAS_CORE = r"""def blas_core(torch_config):
+    import ctypes, re
+    m = re.search(r"BLAS_INFO=([^,\s]+)", torch_config or "")
+    info = {"torch_blas": m.group(1) if m else None, "library": None, "corename": None, "config": None}
+    if torch_config is None:
+        info["reason"] = "torch is not importable here"
+        return info
+    try:
+        maps = open("/proc/self/maps").read().splitlines()
+    except OSError as e:
+        info["reason"] = f"cannot read /proc/self/maps: {e}"
+        return info
+    paths = sorted({f[5] for f in (ln.split(None, 5) for ln in maps)
+                    if len(f) == 6 and f[5].startswith("/") and "openblas" in f[5].rsplit("/", 1)[-1].lower()})
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)  # already mapped: the same handle, no second initialisation
+            corename, config = lib.openblas_get_corename, lib.openblas_get_config
+        except (OSError, AttributeError):
+            continue  # e.g. numpy's scipy_openblas, whose symbols are prefixed
+        corename.restype = config.restype = ctypes.c_char_p
+        info.update(library=path, corename=corename().decode(), config=config().decode().strip())
+        return info
+    info["reason"] = "torch loaded no OpenBLAS" + (f" (its BLAS_INFO is {info['torch_blas']})" if info["torch_blas"] else "")
+    return info
+"""
+
 _SOFTWARE_SCRIPT = r"""
 import json, platform, sys
 out = {"python": platform.python_version(), "executable": sys.executable, "arch": platform.machine()}
@@ -33,8 +63,14 @@ try:
     out["torch"] = torch.__version__
     out["torch_config"] = torch.__config__.show()
     out["torch_threads"] = torch.get_num_threads()
+    out["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
 except Exception as e:
     out["torch_error"] = repr(e)
+""" + _BLAS_CORE + r"""
+try:
+    out["blas"] = blas_core(out.get("torch_config"))
+except Exception as e:
+    out["blas"] = {"corename": None, "reason": repr(e)[:300]}
 try:
     from importlib.metadata import version
     out["deepspeed"] = version("deepspeed")
@@ -45,7 +81,12 @@ print("KIT-SOFTWARE-JSON " + json.dumps(out))
 
 
 def software_info(python_argv: list[str], timeout: float = 120, *, cache_key: str | None = None) -> dict[str, Any]:
-    """Versions and packages as seen by ``python_argv`` (a Python, possibly inside an image).
+    """Versions and packages as seen by ``python_argv`` (a Python, possibly inside an image),
+    with what decides CPU speed there: torch's CPU capability (``DEFAULT`` where its vector
+    kernels do not fit the CPU, e.g. PyPI's aarch64 wheel on the 512-bit SVE of an A64FX) and
+    ``blas``: the OpenBLAS torch loaded (found in ``/proc/self/maps``) with the core it chose
+    (``openblas_get_corename``, e.g. ``a64fx``, ``armv8sve``, ``neoversen1``) and its build,
+    or null with the reason (x86 wheels use MKL).
 
     It runs while the ranks start (about 1.5 s of CPU: it imports torch), at the lowest
     priority, so that on a full node it takes what the ranks leave. With ``cache_key`` (a

@@ -90,6 +90,11 @@ def test_kit_run_tiny_tuned_emulated_a64fx(a64fx_image, tmp_path, ranks):
     assert inside["cpu_model"] == "qemu-user a64fx"
     assert inside["sve"] is True and inside["sve_vector_bits"] == 512, inside
     assert "sve" in inside["hwcap_features"]
+    # the inventory, taken inside: the generic wheel is visible as such (ATen's SVE kernels are
+    # 256-bit: DEFAULT on 512-bit SVE), and its OpenBLAS chose its A64FX kernels by itself
+    sw = prov["software"]
+    assert sw["torch_cpu_capability"] == "DEFAULT", sw.get("torch_cpu_capability")
+    assert sw["blas"]["corename"] == "a64fx" and "DYNAMIC_ARCH" in sw["blas"]["config"], sw["blas"]
     alloc = next(s for s in prov["plan"]["settings"] if s["name"] == "allocator")
     assert alloc["verified"] is True and len(alloc["seen"]) == ranks and set(alloc["seen"].values()) == {"tcmalloc"}
     metrics = json.loads((bundle / "metrics.json").read_text())

@@ -30,7 +30,15 @@ CASES = {
     "a64fx-glibc-localbase": RecipeOptions("a64fx", False, base="localhost/kit-base:bookworm-arm64"),
     "a64fx-tcmalloc-localbase-staged": RecipeOptions("a64fx", True, base="localhost/kit-base:bookworm-arm64",
                                                      staged=True),
+    "a64fx-tcmalloc-torch-source": RecipeOptions("a64fx", True, torch="source"),
 }
+# --torch-wheel: a file with fixed bytes stands in for a torch wheel (a recipe reads only its
+# name and sha256; the image's pip would install the real one)
+STANDIN_WHEEL = "torch-2.5.0-cp311-cp311-linux_aarch64.whl"
+STANDIN_WHEEL_BYTES = b"a stand-in for a torch wheel\n"
+STANDIN_WHEEL_SHA256 = "59abcbf11085bbedd1fc2cc5dc36f80484ca0d57ec1cd57af1d5d2160485cb55"
+CASES["a64fx-glibc-torch-wheel"] = RecipeOptions("a64fx", False, torch="wheel", torch_wheel=STANDIN_WHEEL,
+                                                 torch_wheel_sha256=STANDIN_WHEEL_SHA256)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -72,7 +80,8 @@ def test_labels_carry_the_pinned_versions():
     assert "+cpu" in render(RecipeOptions("x86_64", True)).labels["org.kit.torch"]
     g = render(RecipeOptions("x86_64", False))
     assert g.labels["org.kit.tcmalloc"] == "none" and "libgoogle-perftools4" not in g.text
-    assert "OPENBLAS_CORETYPE=A64FX" in render(RecipeOptions("a64fx", True)).text
+    # torch's aarch64 wheel picks OpenBLAS's A64FX kernels by itself (tests/test_a64fx_blas.py)
+    assert "OPENBLAS_CORETYPE" not in render(RecipeOptions("a64fx", True)).text
 
 
 def test_base_must_be_lower_case_one_reference():
@@ -109,6 +118,94 @@ def test_cli_recipe_prints_golden_and_writes(tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "x.def").read_text() == (GOLDEN / "x86_64-glibc-localbase.def").read_text()
     assert (tmp_path / "x.Dockerfile").read_text() == (GOLDEN / "x86_64-glibc-localbase.Dockerfile").read_text()
+
+
+def test_torch_source_recipe_builds_openblas_for_a64fx_onednn_with_acl_and_torch_with_mcpu():
+    """--torch source: every pin of the target's source: block is in the text and the labels,
+    OpenBLAS is built for A64FX before torch, which is built against it and ACL with
+    -mcpu=a64fx, installed from the wheel it made (kept in /opt/kit/dist)."""
+    src = load_versions()["targets"]["a64fx"]["source"]
+    r = render(RecipeOptions("a64fx", True, torch="source"))
+    assert r.options.variant() == "a64fx-tcmalloc-torch-source"
+    assert r.options.tag() == "localhost/kit:a64fx-tcmalloc-torch-source"
+    assert r.labels["org.kit.torch"] == str(src["torch"]) and r.labels["org.kit.torch.build"] == "source"
+    assert r.labels["org.kit.openblas"] == f"{src['openblas']} TARGET=A64FX"
+    assert r.labels["org.kit.onednn"] == str(src["onednn"]) and r.labels["org.kit.acl"] == str(src["acl"])
+    assert r.labels["org.kit.torch.cflags"] == "-mcpu=a64fx"
+    assert verify_hash(r.text)
+    post = [ln.strip() for ln in r.text.split("%post\n", 1)[1].strip().splitlines()]
+    ob = next(i for i, ln in enumerate(post) if f"--branch v{src['openblas']} {src['openblas_git']}" in ln)
+    acl = next(i for i, ln in enumerate(post) if f"--branch v{src['acl']} {src['acl_git']}" in ln)
+    pt = next(i for i, ln in enumerate(post) if f"--branch v{src['torch']} {src['torch_git']}" in ln)
+    inst = next(i for i, ln in enumerate(post) if f"/opt/kit/dist/torch-{src['torch']}-*.whl" in ln)
+    ds = next(i for i, ln in enumerate(post) if "deepspeed==" in ln)
+    assert ob < acl < pt < inst < ds
+    assert "TARGET=A64FX" in post[ob] and "PREFIX=/opt/openblas install" in post[ob]
+    assert f"mkl-dnn checkout v{src['onednn']}" in post[pt]
+    for setting in ("CFLAGS='-mcpu=a64fx'", "CXXFLAGS='-mcpu=a64fx'", "USE_MKLDNN_ACL=1", "ACL_ROOT_DIR=/opt/acl",
+                    "BLAS=OpenBLAS", "OpenBLAS_HOME=/opt/openblas", f"MAX_JOBS={src['max_jobs']}",
+                    f"PYTORCH_BUILD_VERSION={src['torch']}", "--dist-dir /opt/kit/dist"):
+        assert setting in post[pt], setting
+    # sources are removed by the line that built them (no layer keeps them); no pip torch
+    assert post[pt].endswith("cd / && rm -rf /opt/kit/build/pytorch") and post[ob].endswith("rm -rf /opt/kit/build/openblas")
+    assert not any("'torch==" in ln for ln in post)
+    # spython keeps it one RUN per line
+    runs = [ln[4:] for ln in to_dockerfile(r.text).splitlines() if ln.startswith("RUN ")]
+    assert runs == post
+
+
+def test_torch_wheel_recipe_installs_the_brought_wheel_after_checking_its_sha256(tmp_path):
+    wheel = tmp_path / STANDIN_WHEEL
+    wheel.write_bytes(STANDIN_WHEEL_BYTES)
+    res = CliRunner().invoke(app, ["recipe", "--target", "a64fx", "--no-tcmalloc", "--torch-wheel", str(wheel)])
+    assert res.exit_code == 0, res.output
+    assert res.output == (GOLDEN / "a64fx-glibc-torch-wheel.def").read_text()
+    r = render(CASES["a64fx-glibc-torch-wheel"])
+    assert r.labels["org.kit.torch"] == "2.5.0" and r.labels["org.kit.torch.wheel.sha256"] == STANDIN_WHEEL_SHA256
+    line = next(ln.strip() for ln in r.text.splitlines() if STANDIN_WHEEL in ln and "sha256sum" in ln)
+    assert line.startswith(f"echo '{STANDIN_WHEEL_SHA256}  /opt/kit/wheelhouse/{STANDIN_WHEEL}' | sha256sum -c - && ")
+    # the build context carries that very file; another file under the same name is refused
+    plan = b.prepare(r.options, engine="podman", context=tmp_path / "ctx", torch_wheel=wheel, ca_bundle="none")
+    assert (tmp_path / "ctx" / "wheelhouse" / STANDIN_WHEEL).read_bytes() == STANDIN_WHEEL_BYTES
+    assert plan.argv[plan.argv.index("-t") + 1] == "localhost/kit:a64fx-glibc-torch-wheel"
+    other = tmp_path / "other" / STANDIN_WHEEL
+    other.parent.mkdir()
+    other.write_bytes(b"another file\n")
+    with pytest.raises(KitError, match="not the wheel the recipe names"):
+        b.prepare(r.options, engine="podman", context=tmp_path / "ctx2", torch_wheel=other, ca_bundle="none")
+
+
+def test_torch_source_needs_no_wheelhouse(tmp_path):
+    plan = b.prepare(RecipeOptions("a64fx", True, torch="source"), engine="podman", context=tmp_path / "ctx",
+                     wheelhouse=[tmp_path], ca_bundle="none")
+    assert plan.wheel is None and not any((tmp_path / "ctx" / "wheelhouse").iterdir())
+
+
+@pytest.mark.parametrize("args, where", [
+    (["--target", "x86_64", "--torch", "source"], "--torch"),
+    (["--target", "a64fx", "--torch", "conda"], "--torch"),
+    (["--target", "a64fx", "--torch", "wheel"], "--torch"),
+    (["--target", "a64fx", "--torch", "source", "--staged"], "--staged"),
+    (["--target", "a64fx", "--torch", "source", "--write"], "--write"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5.0-cp312-cp312-linux_aarch64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5.0-cp311-cp311-linux_x86_64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:numpy-2.0-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5$(id)-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5 x-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "WHEEL:torch-2.5.0-cp311-cp311-linux_aarch64.whl", "--torch", "source"],
+     "--torch-wheel"),
+    (["--target", "a64fx", "--torch-wheel", "/nonexistent/torch-2.5.0-cp311-cp311-linux_aarch64.whl"], "--torch-wheel"),
+])
+def test_bad_torch_options_are_one_line_errors(args, where, tmp_path):
+    from conftest import kit_cli
+
+    for i, a in enumerate(args):
+        if a.startswith("WHEEL:"):
+            args[i] = str(tmp_path / a[6:])
+            Path(args[i]).write_bytes(STANDIN_WHEEL_BYTES)
+    proc = kit_cli("image", "recipe", *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and where in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
 # -- engines ------------------------------------------------------------------------------

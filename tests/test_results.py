@@ -376,3 +376,20 @@ def test_compare_real_bundles(real_bundles):
     js = json.loads(kit_cli("compare", str(base), str(tuned), "--json").stdout)
     assert any(d["key"] == "allocator" for d in js["differences"])
     assert kit_cli("compare", str(base), "/nonexistent").returncode == 2
+
+
+def test_compare_shows_cpu_capability_and_blas_core(tmp_path):
+    """Two runs of one image, on the generic path and on A64FX kernels, differ in what the
+    inventory recorded; a bundle whose blas is not a mapping compares as unknown, not a crash."""
+    from kit.results.store import BundleDocs
+
+    def docs(software):
+        return BundleDocs(path=tmp_path, manifest={}, metrics={}, provenance={"software": software})
+
+    a = docs({"torch_cpu_capability": "DEFAULT", "blas": {"corename": "neoversen1"}})
+    b = docs({"torch_cpu_capability": "SVE256", "blas": {"corename": "a64fx"}})
+    got = {(d.section, d.key): (d.a, d.b) for d in compare.compare(a, b).diffs}
+    assert got[("software", "torch_cpu_capability")] == ("DEFAULT", "SVE256")
+    assert got[("software", "blas_core")] == ("neoversen1", "a64fx")
+    odd = {(d.section, d.key): (d.a, d.b) for d in compare.compare(a, docs({"blas": ["x"]})).diffs}
+    assert odd[("software", "blas_core")] == ("neoversen1", None)

@@ -30,7 +30,7 @@ import kit
 from kit.errors import KitError
 from kit.image import spy
 from kit.image.convert import to_dockerfile
-from kit.image.recipe import PIP_CACHE, WHEELHOUSE, Recipe, RecipeOptions, render, repo_root
+from kit.image.recipe import PIP_CACHE, WHEELHOUSE, Recipe, RecipeOptions, render, repo_root, torch_wheel_options
 
 ENGINES = ("apptainer", "singularity", "podman", "docker")
 OCI = ("podman", "docker")
@@ -122,18 +122,22 @@ def default_wheel_cache() -> Path:
 def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | None = None,
             wheelhouse: list[Path] | None = None, pip_cache: Path | None = None,
             ca_bundle: str | None = "auto", extra_args: list[str] | None = None,
-            wheel_cache: Path | None = None, log=None) -> BuildPlan:
+            wheel_cache: Path | None = None, torch_wheel: Path | None = None, log=None) -> BuildPlan:
     """Write the build context and compose the engine's command line (nothing is built).
 
     With ``options.staged`` the host resolves, downloads and unpacks the pinned packages for
     the target into ``wheelhouse/venv`` first (``kit.image.stage``; wheels and the unpacked
-    tree are cached in ``wheel_cache``)."""
+    tree are cached in ``wheel_cache``). With ``options.torch == "wheel"``, ``torch_wheel``
+    is the file the recipe names (checked against its sha256 here and in the image)."""
     recipe = render(options)
     root = repo_root()
-    wheel_name = recipe.target.get("torch_wheel")
-    dirs = wheelhouse if wheelhouse is not None else default_wheelhouses()
-    wheel = find_wheel(wheel_name, dirs) if wheel_name else None
-    if wheel is None and "+" in str(recipe.target["torch"]):
+    if options.torch == "wheel":
+        wheel = _brought_wheel(options, torch_wheel)
+    else:
+        wheel_name = recipe.target.get("torch_wheel") if options.torch == "pypi" else None
+        dirs = wheelhouse if wheelhouse is not None else default_wheelhouses()
+        wheel = find_wheel(wheel_name, dirs) if wheel_name else None
+    if wheel is None and options.torch == "pypi" and "+" in str(recipe.target["torch"]):
         raise KitError(
             f"the {options.target} image needs {wheel_name} (PyPI has only the CUDA build of this torch)",
             where="--wheelhouse",
@@ -200,6 +204,17 @@ def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | No
     opts += list(extra_args or [])
     argv = spy.build_argv(path, recipe="kit.def", image=ref, options=opts)
     return BuildPlan(engine, recipe, context, ref, argv, src_sha, wheel, cwd=context)
+
+
+def _brought_wheel(options: RecipeOptions, path: Path | None) -> Path:
+    if path is None:
+        raise KitError("the recipe installs a brought torch wheel but none was given", where="--torch-wheel",
+                       fix="pass --torch-wheel PATH")
+    got = torch_wheel_options(path)
+    if (got["torch_wheel"], got["torch_wheel_sha256"]) != (options.torch_wheel, options.torch_wheel_sha256):
+        raise KitError(f"{path} is not the wheel the recipe names ({options.torch_wheel}, sha256 "
+                       f"{options.torch_wheel_sha256})", where="--torch-wheel", fix="pass the same file to both")
+    return path
 
 
 def _ca_bundle(setting: str | None) -> str | None:

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 import kit
-from kit.image.recipe import RecipeOptions, committed_path, render
+from kit.errors import KitError
+from kit.image.recipe import RecipeOptions, committed_path, render, torch_wheel_options
 
 app = typer.Typer(help="Build and inspect the kit's images.", no_args_is_help=True)
 
@@ -21,6 +22,22 @@ StagedOpt = typer.Option(False, "--staged/--no-staged", help="install torch, Dee
                          "the image's venv: for emulated builds (a64fx on x86), where pip runs ~20x slower")
 BaseOpt = typer.Option(None, "--base", help="base image (default: from containers/versions.yaml), e.g. a local "
                                              "debootstrap import localhost/kit-base:bookworm-amd64")
+TorchOpt = typer.Option("pypi", "--torch", help="where torch comes from: pypi (the pinned wheel, default) or "
+                        "source (a64fx: built in the image against OpenBLAS for A64FX and oneDNN+ACL with "
+                        "-mcpu=a64fx; hours on an aarch64 machine, see containers/README.md)")
+TorchWheelOpt = typer.Option(None, "--torch-wheel", help="install this torch wheel (e.g. RIKEN's A64FX build, or "
+                             "one a --torch source image left in /opt/kit/dist) instead; checked by sha256")
+
+
+def _options(target: str, tcmalloc: bool, base: str | None, staged: bool, torch: str,
+             torch_wheel: Path | None) -> RecipeOptions:
+    if torch_wheel is not None:
+        if torch not in ("pypi", "wheel"):
+            raise KitError(f"--torch {torch} and --torch-wheel both say where torch comes from", where="--torch-wheel",
+                           fix="pass one of them")
+        return RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged,
+                             **torch_wheel_options(torch_wheel))
+    return RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged, torch=torch)
 
 
 @app.command()
@@ -29,6 +46,8 @@ def recipe(
     tcmalloc: bool = TcmallocOpt,
     base: Optional[str] = BaseOpt,
     staged: bool = StagedOpt,
+    torch: str = TorchOpt,
+    torch_wheel: Optional[Path] = TorchWheelOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the definition file here (and the "
                                        "Dockerfile beside it as <name>.Dockerfile); default: print it"),
     write: bool = typer.Option(False, "--write", help="write containers/<target>.def and .Dockerfile (the committed ones)"),
@@ -37,8 +56,12 @@ def recipe(
     """Render the Singularity definition file for a target (and its Dockerfile)."""
     from kit.image.convert import to_dockerfile
 
-    r = render(RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged))
+    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel)
+    r = render(opts)
     if write:
+        if opts.torch != "pypi":
+            raise KitError("--write regenerates the committed default recipes only", where="--write",
+                           fix="use -o FILE for a --torch source/--torch-wheel recipe")
         out = committed_path(target)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +81,8 @@ def build(
                                          "(default: the first installed, in that order)"),
     base: Optional[str] = BaseOpt,
     staged: bool = StagedOpt,
+    torch: str = TorchOpt,
+    torch_wheel: Optional[Path] = TorchWheelOpt,
     wheel_cache: Optional[Path] = typer.Option(None, "--wheel-cache", help="with --staged: where the target's "
                                                "wheels and the unpacked tree are kept (default: $KIT_WHEEL_CACHE "
                                                "or ~/.cache/kit/wheels)"),
@@ -78,11 +103,11 @@ def build(
     from kit.image import build as b
 
     eng = b.detect_engine(engine)
-    opts = RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged)
+    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel)
     ctx = context or kit.cache_dir() / "image-build" / opts.variant()
     cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or kit.cache_dir() / "pip")
     plan = b.prepare(opts, engine=eng, context=ctx, ref=tag, wheelhouse=list(wheelhouse) or None,
-                     pip_cache=cache, ca_bundle=ca_bundle, wheel_cache=wheel_cache)
+                     pip_cache=cache, ca_bundle=ca_bundle, wheel_cache=wheel_cache, torch_wheel=torch_wheel)
     if dry_run:
         typer.echo(json.dumps(plan.describe(), indent=2) if json_out else " ".join(plan.argv))
         return

@@ -15,6 +15,16 @@ Rules the text follows so that spython's conversion stays faithful (it turns eac
   it names ``/opt/kit/venv/bin/pip`` in full;
 - build-time-only inputs (``wheelhouse``, the pip cache) are removed at the end unless
   they are mounted (podman builds mount them, so they never reach a layer).
+
+Where torch comes from (``RecipeOptions.torch``):
+
+- ``pypi`` (default): the pinned wheel by pip (PyPI, or the wheelhouse for x86_64's CPU build);
+- ``source``: built in the image from the target's ``source`` pins (a64fx: OpenBLAS for
+  A64FX, oneDNN with the Arm Compute Library, ``-mcpu=a64fx``), each component in one
+  ``%post`` line that fetches, builds and cleans up; the wheel it makes stays in
+  ``/opt/kit/dist`` (take it out and reuse it with ``--torch-wheel``);
+- ``wheel``: a wheel the user brings (``--torch-wheel PATH``, e.g. RIKEN's or one built by
+  ``source``), put in the wheelhouse and installed after checking its sha256.
 """
 
 from __future__ import annotations
@@ -38,6 +48,11 @@ PIP_CACHE = "/var/cache/kit-pip"
 WHEELHOUSE = "/opt/kit/wheelhouse"
 STAGED_VENV = f"{WHEELHOUSE}/venv"  # the host-staged tree (--staged), laid out like VENV
 SRC = "/opt/kit/src"
+BUILD = "/opt/kit/build"  # --torch source: sources being built (removed by the line that builds them)
+DIST = "/opt/kit/dist"  # --torch source: the torch wheel built in the image, kept
+OPENBLAS = "/opt/openblas"
+ACL = "/opt/acl"
+TORCH_SOURCES = ("pypi", "source", "wheel")
 
 
 def repo_root() -> Path:
@@ -69,13 +84,30 @@ class RecipeOptions:
     # torch, DeepSpeed and their dependencies unpacked on the build host (kit.image.stage)
     # into wheelhouse/venv and copied into the venv: for emulated builds, where pip is slow
     staged: bool = False
+    torch: str = "pypi"  # one of TORCH_SOURCES
+    # torch == "wheel": the wheel's file name and sha256 (see ``torch_wheel_options``)
+    torch_wheel: str | None = None
+    torch_wheel_sha256: str | None = None
 
     def tag(self) -> str:
         """The default local image name, e.g. ``localhost/kit:a64fx-tcmalloc``."""
         return f"localhost/kit:{self.variant()}"
 
     def variant(self) -> str:
-        return f"{self.target}-{'tcmalloc' if self.tcmalloc else 'glibc'}"
+        """``<target>-<tcmalloc|glibc>``, with ``-torch-source``/``-torch-wheel`` when torch is not pip's."""
+        torch = "" if self.torch == "pypi" else f"-torch-{self.torch}"
+        return f"{self.target}-{'tcmalloc' if self.tcmalloc else 'glibc'}{torch}"
+
+    def command(self) -> str:
+        """The ``kit image recipe`` options that render this recipe (quoted in its header)."""
+        parts = [f"--target {self.target}", f"--{'' if self.tcmalloc else 'no-'}tcmalloc"]
+        if self.staged:
+            parts.append("--staged")
+        if self.torch == "source":
+            parts.append("--torch source")
+        elif self.torch == "wheel":
+            parts.append(f"--torch-wheel {self.torch_wheel}")
+        return " ".join(parts)
 
 
 @dataclass
@@ -100,12 +132,53 @@ def constraints_text(versions: dict[str, Any]) -> str:
     return "".join(f"{c}\n" for c in versions["constraints"])
 
 
+def torch_wheel_options(path: Path) -> dict[str, str]:
+    """``RecipeOptions`` fields for ``--torch-wheel PATH``: the file's name and sha256."""
+    if not path.is_file():
+        raise KitError(f"{path} is not a file", where="--torch-wheel", fix="pass the path of a torch .whl file")
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"torch": "wheel", "torch_wheel": path.name, "torch_wheel_sha256": h.hexdigest()}
+
+
+def wheel_torch_version(name: str, *, python: str, machine: str) -> str:
+    """The torch version a wheel file name carries, after checking that the image can install
+    it (``torch-<version>-cp311-cp311-<platform>_<machine>.whl`` for Python 3.11)."""
+    # the name goes into a %post shell line and a label: wheel-name characters only
+    parts = name[:-4].split("-") if re.fullmatch(r"[A-Za-z0-9_.+!]+(-[A-Za-z0-9_.+!]+)+\.whl", name) else []
+    tag = "cp" + python.replace(".", "")
+    if len(parts) not in (5, 6) or parts[0] != "torch":
+        raise KitError(f"{name} is not a torch wheel file name", where="--torch-wheel",
+                       fix="pass a file named torch-<version>-<python>-<abi>-<platform>.whl")
+    if parts[-3] != tag or not parts[-1].endswith(machine):
+        raise KitError(f"{name} is not for CPython {python} on {machine}, which the image has", where="--torch-wheel",
+                       fix=f"use a wheel tagged {tag}-{tag}-..._{machine} (e.g. build one with --torch source)")
+    return parts[1]
+
+
+def _check_torch_options(options: RecipeOptions, t: dict[str, Any]) -> None:
+    if options.torch not in TORCH_SOURCES:
+        raise KitError(f"unknown torch source {options.torch!r}", where="--torch",
+                       fix=f"use one of: {', '.join(TORCH_SOURCES)} (wheel: pass --torch-wheel PATH)")
+    if options.torch == "source" and not t.get("source"):
+        raise KitError(f"no source build of torch is pinned for {options.target}", where="--torch",
+                       fix="build --torch source for a64fx, or add a source: block to the target in containers/versions.yaml")
+    if options.torch == "wheel" and not (options.torch_wheel and options.torch_wheel_sha256):
+        raise KitError("--torch wheel needs the wheel itself", where="--torch", fix="pass --torch-wheel PATH")
+    if options.torch != "pypi" and options.staged:
+        raise KitError(f"--staged unpacks PyPI's torch; it does not combine with --torch {options.torch}",
+                       where="--staged", fix="drop --staged (a source build or a brought wheel has no pip step to stage)")
+
+
 def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Recipe:
     versions = versions or load_versions()
     if options.target not in versions["targets"]:
         raise KitError(f"unknown target {options.target!r}", where="--target",
                        fix=f"use one of: {', '.join(versions['targets'])}")
     t = versions["targets"][options.target]
+    _check_torch_options(options, t)
     base = options.base or t["base"]
     if base != base.lower():
         # spython lowercases the From: line; an upper-case name would build something else
@@ -115,6 +188,14 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         raise KitError(f"base image {base!r} has blanks", where="--base", fix="pass one image reference")
     constraints = constraints_text(versions)
     tc_path = tcmalloc_path(t["machine"])
+    src = t.get("source") or {}
+    if options.torch == "source":
+        torch_version = str(src["torch"])
+    elif options.torch == "wheel":
+        torch_version = wheel_torch_version(options.torch_wheel or "", python=str(versions["python"]),
+                                            machine=t["machine"])
+    else:
+        torch_version = str(t["torch"])
 
     labels = {
         "org.kit.target": options.target,
@@ -122,19 +203,29 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         "org.kit.base": base,
         "org.kit.debian": versions["debian"],
         "org.kit.python": str(versions["python"]),
-        "org.kit.torch": str(t["torch"]),
+        "org.kit.torch": torch_version,
         "org.kit.deepspeed": str(versions["deepspeed"]),
         "org.kit.deepspeed.build_ops": "0",
         "org.kit.tcmalloc": versions["tcmalloc_package"] if options.tcmalloc else "none",
         "org.kit.tcmalloc.path": tc_path if options.tcmalloc else "",
         "org.kit.constraints.sha256": hashlib.sha256(constraints.encode()).hexdigest(),
-        RECIPE_HASH_LABEL: _HASH_PLACEHOLDER,
     }
     if not options.tcmalloc:
         del labels["org.kit.tcmalloc.path"]
     if options.staged:
-        labels = {**{k: v for k, v in labels.items() if k != RECIPE_HASH_LABEL},
-                  "org.kit.staged": "host", RECIPE_HASH_LABEL: _HASH_PLACEHOLDER}
+        labels["org.kit.staged"] = "host"
+    if options.torch == "source":
+        labels.update({
+            "org.kit.torch.build": "source",
+            "org.kit.torch.cflags": str(src["cflags"]),
+            "org.kit.openblas": f"{src['openblas']} TARGET={src['openblas_target']}",
+            "org.kit.onednn": str(src["onednn"]),
+            "org.kit.acl": str(src["acl"]),
+        })
+    elif options.torch == "wheel":
+        labels.update({"org.kit.torch.build": "wheel", "org.kit.torch.wheel": str(options.torch_wheel),
+                       "org.kit.torch.wheel.sha256": str(options.torch_wheel_sha256)})
+    labels[RECIPE_HASH_LABEL] = _HASH_PLACEHOLDER
 
     env = {
         "PATH": f"{VENV}/bin:$PATH",
@@ -144,14 +235,16 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
     }
     if options.tcmalloc:
         env["KIT_TCMALLOC"] = tc_path
-    env.update({k: str(v) for k, v in (t.get("env") or {}).items()})
 
     apt = ["python3", "python3-venv", "ca-certificates", "procps"]
     if options.tcmalloc:
         apt.append(versions["tcmalloc_package"])
+    if options.torch == "source":
+        apt += [a for a in src["apt"] if a not in apt]
     pip = (f"{VENV}/bin/pip install --no-input --progress-bar off --cache-dir {PIP_CACHE} "
            f"--find-links {WHEELHOUSE} --constraint /opt/kit/constraints.txt "
            "$(test -f /host-ca.crt && echo --cert /host-ca.crt)")
+    deepspeed = f"DS_BUILD_OPS=0 {pip} --no-build-isolation 'deepspeed=={versions['deepspeed']}'"
     if options.staged:
         # the host unpacked the pinned wheels (kit image build --staged); the image's pip
         # then only confirms, offline, that every pin and dependency is there
@@ -160,12 +253,21 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
             f"{pip} --no-index 'torch=={t['torch']}' 'deepspeed=={versions['deepspeed']}'",
             f"{pip} setuptools wheel",
         ]
-    else:
+    elif options.torch == "source":
+        packages = [*_source_build(src, pip), f"{pip} {DIST}/torch-{torch_version}-*.whl", deepspeed]
+    elif options.torch == "wheel":
+        wheel = f"{WHEELHOUSE}/{options.torch_wheel}"
         packages = [
-            f"{pip} 'torch=={t['torch']}'",
+            f"echo '{options.torch_wheel_sha256}  {wheel}' | sha256sum -c - && {pip} {wheel}",
             f"{pip} setuptools wheel",
-            f"DS_BUILD_OPS=0 {pip} --no-build-isolation 'deepspeed=={versions['deepspeed']}'",
+            deepspeed,
         ]
+    else:
+        packages = [f"{pip} 'torch=={t['torch']}'", f"{pip} setuptools wheel", deepspeed]
+    check = "import torch, kit; print(\"torch\", torch.__version__, \"kit\", kit.__version__)"
+    if options.torch != "pypi":
+        # what the brought or built torch is: its build settings and BLAS in the build log
+        check += "; print(torch.__config__.show())"
     post = [
         "export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y "
         f"--no-install-recommends {' '.join(apt)} && apt-get clean && rm -rf /var/lib/apt/lists/*",
@@ -174,7 +276,7 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         f"{pip} --no-build-isolation {SRC}",
         f"grep -qs ' {WHEELHOUSE} ' /proc/mounts || rm -rf {WHEELHOUSE}",
         f"grep -qs ' {PIP_CACHE} ' /proc/mounts || rm -rf {PIP_CACHE}",
-        f"{VENV}/bin/python -c 'import torch, kit; print(\"torch\", torch.__version__, \"kit\", kit.__version__)'",
+        f"{VENV}/bin/python -c '{check}'",
     ]
     if options.tcmalloc:
         post.append(f"test -f {tc_path}")
@@ -183,11 +285,15 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         "Bootstrap: docker",
         f"From: {base}",
         "",
-        f"# kit image {options.variant()}: generated by `kit image recipe --target {options.target} "
-        f"--{'' if options.tcmalloc else 'no-'}tcmalloc{' --staged' if options.staged else ''}` "
+        f"# kit image {options.variant()}: generated by `kit image recipe {options.command()}` "
         "from containers/versions.yaml.",
         "# Do not edit: change containers/versions.yaml or kit/image/recipe.py and re-render.",
         "# Build: kit image build (podman/docker use the spython conversion of this file).",
+    ]
+    if options.torch == "source":
+        lines += ["# torch is built from source here: hours on an aarch64 machine with SVE (containers/README.md).",
+                  "# Never emulated: under qemu-user the compile alone would take days."]
+    lines += [
         "",
         "%labels",
         *(f"    {k} {v}" for k, v in labels.items()),
@@ -209,6 +315,42 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
     text = text.replace(_HASH_PLACEHOLDER, digest)
     labels[RECIPE_HASH_LABEL] = digest
     return Recipe(options=options, text=text, sha256=digest, labels=labels, constraints=constraints, target=t)
+
+
+def _source_build(src: dict[str, Any], pip: str) -> list[str]:
+    """The ``%post`` lines of ``--torch source``: build requirements, OpenBLAS (LAPACK from its
+    C translation: no Fortran compiler), the Arm Compute Library, then torch's wheel into
+    DIST. Each line fetches, builds and removes its sources,
+    so no layer keeps them; OpenBLAS and ACL stay installed (torch links them). OpenBLAS's
+    TARGET sets its own flags (-march=armv8.2-a+sve -mtune=a64fx for A64FX); ``cflags`` are
+    torch's. Singularity runs ``%post`` as one script: a line that changes directory goes
+    back to ``/`` (pip must not start in a removed directory)."""
+    ob = f"{BUILD}/openblas"
+    pt = f"{BUILD}/pytorch"
+    flags = src["cflags"]
+    openblas = (
+        f"git clone --depth 1 --branch v{src['openblas']} {src['openblas_git']} {ob} && "
+        f"make -C {ob} -j$(nproc) TARGET={src['openblas_target']} USE_OPENMP=1 NUM_THREADS=64 NOFORTRAN=1 libs netlib shared && "
+        f"make -C {ob} TARGET={src['openblas_target']} USE_OPENMP=1 NUM_THREADS=64 NOFORTRAN=1 PREFIX={OPENBLAS} install && "
+        f"echo {OPENBLAS}/lib > /etc/ld.so.conf.d/kit-openblas.conf && ldconfig && rm -rf {ob}"
+    )
+    acl = (
+        f"git clone --depth 1 --branch v{src['acl']} {src['acl_git']} {ACL} && cd {ACL} && "
+        "scons -j$(nproc) Werror=0 debug=0 neon=1 opencl=0 os=linux openmp=1 cppthreads=0 "
+        "arch=armv8.2-a multi_isa=1 build=native fixed_format_kernels=1 && "
+        f"find {ACL}/build -name '*.o' -delete && echo {ACL}/build > /etc/ld.so.conf.d/kit-acl.conf && ldconfig && cd /"
+    )
+    torch = (
+        f"git clone --depth 1 --branch v{src['torch']} {src['torch_git']} {pt} && "
+        f"git -C {pt} submodule update --init --recursive && "
+        f"git -C {pt}/third_party/ideep/mkl-dnn checkout v{src['onednn']} && cd {pt} && "
+        f"CFLAGS='{flags}' CXXFLAGS='{flags}' MAX_JOBS={src['max_jobs']} "
+        f"PYTORCH_BUILD_VERSION={src['torch']} PYTORCH_BUILD_NUMBER=1 USE_CUDA=0 USE_ROCM=0 USE_XPU=0 "
+        f"USE_MKLDNN=1 USE_MKLDNN_ACL=1 ACL_ROOT_DIR={ACL} BLAS=OpenBLAS OpenBLAS_HOME={OPENBLAS} "
+        f"USE_OPENMP=1 USE_MPI=0 USE_DISTRIBUTED=1 USE_GLOO=1 BUILD_TEST=0 "
+        f"{VENV}/bin/python setup.py bdist_wheel --dist-dir {DIST} && cd / && rm -rf {pt}"
+    )
+    return [f"{pip} {' '.join(src['build_requires'])}", openblas, acl, torch]
 
 
 def verify_hash(text: str) -> bool:

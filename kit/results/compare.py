@@ -92,6 +92,12 @@ def _number(x: Any) -> float | None:
     return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
 
 
+def _blas_core(software: dict) -> Any:
+    """The OpenBLAS core the run's torch chose (provenance ``software.blas.corename``)."""
+    blas = software.get("blas")
+    return blas.get("corename") if isinstance(blas, dict) else None
+
+
 def _packages(sw: dict[str, Any]) -> dict[str, str]:
     out = {}
     for p in sw.get("packages") or []:
@@ -121,8 +127,9 @@ def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
     for k in dict.fromkeys([*ra, *rb]):
         add("image", k, ra.get(k), rb.get(k))
     swa, swb = pa.get("software") or {}, pb.get("software") or {}
-    for k in ("python", "executable", "arch", "torch", "deepspeed", "torch_threads"):
+    for k in ("python", "executable", "arch", "torch", "deepspeed", "torch_threads", "torch_cpu_capability"):
         add("software", k, swa.get(k), swb.get(k))
+    add("software", "blas_core", _blas_core(swa), _blas_core(swb))
     pka, pkb = _packages(swa), _packages(swb)
     for name in sorted(set(pka) | set(pkb)):
         add("packages", name, pka.get(name), pkb.get(name))

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kit.hostinfo import cpu_model
+
 _REGISTRY: dict[str, Callable[..., "Runtime"]] = {}
 
 
@@ -61,12 +63,15 @@ class Runtime(abc.ABC):
 
     def software_key(self) -> str | None:
         """A digest of everything ``inspect_software`` depends on, to reuse its answer: an
-        image's content digest (and the CPU count, which sets torch's default threads); None,
-        where there is no such digest: take the inventory afresh every run."""
+        image's content digest, the CPU count (torch's default threads), and the CPU model and
+        ``QEMU_CPU`` (torch's CPU capability and OpenBLAS's core follow the CPU: one image on
+        an x86 host, emulated, and on an A64FX); None, where there is no such digest: take the
+        inventory afresh every run."""
         digest = self.image_info().get("digest")
         if not digest:
             return None
-        return f"{self.name}-" + hashlib.sha256(f"{digest}|{os.cpu_count()}".encode()).hexdigest()[:32]
+        cpu = f"{os.cpu_count()}|{cpu_model()}|{os.environ.get('QEMU_CPU', '')}"
+        return f"{self.name}-" + hashlib.sha256(f"{digest}|{cpu}".encode()).hexdigest()[:32]
 
     def cleanup_commands(self) -> list[list[str]]:
         """The commands that remove what this runtime created for the run (containers, ...)."""

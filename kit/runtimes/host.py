@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from kit.hostinfo import cpu_model
 from kit.runtimes.base import Runtime, register
 
 
@@ -28,8 +29,10 @@ class HostRuntime(Runtime):
         try:
             paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p] + sys.path
             exe = Path(self.python).resolve()
-            # the inventory inherits this environment: its thread count follows OMP_NUM_THREADS
-            parts: list[object] = [str(exe), exe.stat().st_mtime_ns, os.cpu_count(),
+            # the inventory inherits this environment: its thread count follows OMP_NUM_THREADS;
+            # torch's CPU capability and OpenBLAS's core follow the CPU (a shared home directory
+            # sees several kinds of node)
+            parts: list[object] = [str(exe), exe.stat().st_mtime_ns, os.cpu_count(), cpu_model(),
                                    os.environ.get("OMP_NUM_THREADS")]
             for p in paths:
                 if p and os.path.isdir(p):

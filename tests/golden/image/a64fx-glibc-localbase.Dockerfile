@@ -12,12 +12,11 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc none
 LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
-LABEL org.kit.recipe.sha256 fa41ee9b31a018ff7d8f8cc53adea4bf6601d6f6c576b6968f0d324f9a2a1f31
+LABEL org.kit.recipe.sha256 54e9e3826a9b14feedcf94b37dcfaaed63ea5563153c1ba4334c4bb01da9e4d1
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1
 ENV KIT_IMAGE_TARGET=a64fx
-ENV OPENBLAS_CORETYPE=A64FX
 RUN export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates procps && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/kit/venv
 RUN /opt/kit/venv/bin/pip install --no-input --progress-bar off --cache-dir /var/cache/kit-pip --find-links /opt/kit/wheelhouse --constraint /opt/kit/constraints.txt $(test -f /host-ca.crt && echo --cert /host-ca.crt) 'torch==2.10.0'

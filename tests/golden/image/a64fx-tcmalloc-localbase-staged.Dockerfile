@@ -14,13 +14,12 @@ LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
 LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
 LABEL org.kit.staged host
-LABEL org.kit.recipe.sha256 6c3efab866aef07f30a03ac0be015afe6192d622229aa9a55b84d2a7cca1fa59
+LABEL org.kit.recipe.sha256 be8154e55a95107267244e691ca644fc2776d531d19c635a75d53d29b744d99a
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1
 ENV KIT_IMAGE_TARGET=a64fx
 ENV KIT_TCMALLOC=/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
-ENV OPENBLAS_CORETYPE=A64FX
 RUN export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates procps libgoogle-perftools4 && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/kit/venv
 RUN cp -a /opt/kit/wheelhouse/venv/. /opt/kit/venv/

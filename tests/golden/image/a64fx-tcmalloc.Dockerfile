@@ -13,13 +13,12 @@ LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
 LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
-LABEL org.kit.recipe.sha256 1097a1c9e58baa6decf0746f8cabc8598e6fe7e32953542d5366c1a58f3b11b7
+LABEL org.kit.recipe.sha256 ddeb04030a86ba921c90736ff5769a82521d69cb8f4f95d1e84bb56c15809bf4
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1
 ENV KIT_IMAGE_TARGET=a64fx
 ENV KIT_TCMALLOC=/usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
-ENV OPENBLAS_CORETYPE=A64FX
 RUN export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates procps libgoogle-perftools4 && apt-get clean && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/kit/venv
 RUN /opt/kit/venv/bin/pip install --no-input --progress-bar off --cache-dir /var/cache/kit-pip --find-links /opt/kit/wheelhouse --constraint /opt/kit/constraints.txt $(test -f /host-ca.crt && echo --cert /host-ca.crt) 'torch==2.10.0'
