@@ -38,7 +38,7 @@ from kit import bundle as bundle_mod, launchers, logparse, reaper, runtimes, set
 from kit.bundle import Bundle
 from kit.finalize import RunRecord, finalize
 from kit.logparse import IterationRecord, parse_line
-from kit.monitor import Monitor
+from kit.monitor import Monitor, program_words
 from kit.outcome import Outcome
 from kit.plan import Plan
 from kit.progress import ProgressView
@@ -141,11 +141,12 @@ def _command(plan: Plan, b: Bundle, launcher, rt, cwd: Path) -> _Command:
     kit_env.setdefault("PYTHONUNBUFFERED", "1")
     binds = [b.path, cwd, *(plan.site.host_binds() if plan.site else [])]
     if launcher.inside_runtime:  # torchrun runs in the image and starts the ranks there
-        argv = rt.wrap(launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs),
+        argv = rt.wrap(launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs.resolve()),
                        kit_env, cwd=cwd, binds=binds)
     else:  # mpirun/srun/mpiexec start each rank on the host: the runtime wraps each rank
-        argv = launcher.command(plan, rt.wrap(plan.rank_argv, kit_env, cwd=cwd, binds=binds),
-                                python=plan.python, log_dir=b.logs)
+        rank_argv = launcher.rank_argv(plan.rank_argv, python=plan.python)
+        argv = launcher.command(plan, rt.wrap(rank_argv, kit_env, cwd=cwd, binds=binds),
+                                python=plan.python, log_dir=b.logs.resolve())
     # In an image the kit's variables reach the ranks through the runtime (--env); the
     # host-side processes (podman, mpirun) must not preload the image's allocator path.
     env = {**os.environ, **kit_env} if plan.runtime == "host" else \
@@ -233,17 +234,20 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     """
     launcher = launchers.get(launcher_name or plan.launcher)
     rt = runtimes.get(plan.runtime, image=plan.image)
-    cmd = _command(plan, b, launcher, rt, Path.cwd())
+    cwd = Path(plan.workdir) if plan.workdir else Path.cwd()  # the recipe's workdir: where the ranks start
+    cmd = _command(plan, b, launcher, rt, cwd)
+    if not cwd.is_dir():
+        cmd.start_error = f"on {socket.gethostname()}: the recipe's workdir {cwd} is not a directory"
+        cwd = Path.cwd()
     plan = cmd.plan
     started = bundle_mod.now_iso()
     t_start = time.monotonic()
-    monitor = Monitor(b.id, plan.rank_argv[1:], expected_local=plan.ranks_per_node,
+    monitor = Monitor(b.id, program_words(plan.rank_argv), expected_local=plan.ranks_per_node,
                       timed_window=(plan.recipe.train.warmup_iters, plan.recipe.train.iters))
 
     # one interrupt guard over the run *and* its finalization: a second Ctrl-C while the bundle
     # is written is recorded, not obeyed, so the bundle is always finalized
     with _Interrupt() as intr:
-        cwd = Path.cwd()
         log_path = b.logs / "launcher.log"
         status, reason, stacks = "ok", "", {}
         rc: int | None = None
@@ -300,6 +304,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         return finalize(RunRecord(
             plan=plan, bundle=b, runtime=rt, status=status, reason=reason, records=watch.records, monitors=monitors,
             rank_failures=rank_failures, device_memory=logparse.device_memory_peaks(log_text.splitlines()),
+            host_memory=logparse.device_memory_peaks(log_text.splitlines(), "cpu"),
             launcher_rc=rc, argv=cmd.argv, kit_env=cmd.kit_env, env=cmd.env, started=started, duration=duration,
             stacks=stacks, extra_provenance=extra_provenance or {},
             software=software_job.result() if software_job else None), console)

@@ -9,8 +9,10 @@ takes over from one that is gone.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -45,6 +47,7 @@ class RunRecord:
     duration: float
     stacks: dict[str, str] = field(default_factory=dict)
     device_memory: dict[str, dict[str, float]] | None = None
+    host_memory: dict[str, dict[str, float]] | None = None  # the program's own `CPU memory (MB)` reports
     extra_provenance: dict[str, Any] = field(default_factory=dict)
     software: dict[str, Any] | None = None  # the inventory taken while the ranks ran; None: take it now
 
@@ -80,6 +83,15 @@ def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
         time.sleep(0.5)
 
 
+def _measured(summary: dict[str, Any]) -> tuple[str, str]:
+    """A run the launcher ended well is ok only if its sec/it and memory were measured:
+    otherwise "failed", saying which figure is missing and why (its value stays None)."""
+    missing = {k: v for k, v in summary["not_measured"].items() if k in ("sec_per_iter", "peak_mem_mib")}
+    if not missing:
+        return "ok", ""
+    return "failed", "not measured: " + "; ".join(f"{k} ({why})" for k, why in missing.items())
+
+
 def finalize(rec: RunRecord, console: Console) -> Outcome:
     """Write metrics.json and provenance.json from ``rec`` and the final manifest. A bundle
     that cannot be written (a full disk, a lost mount) ends ``failed`` in one line, never
@@ -113,8 +125,10 @@ def _write(rec: RunRecord, console: Console) -> Outcome:
                                 checkpoint_activations=r.model.checkpoint_activations, tp=r.parallel.tp,
                                 world_size=plan.world_size, ranks_per_node=plan.ranks_per_node, nodes=plan.nodes,
                                 warmup_iters=r.train.warmup_iters, rank_peak_rss_mib=rank_peaks,
-                                device_memory=device_memory,
+                                device_memory=device_memory, host_memory=rec.host_memory,
                                 energy_by_node={m["node"]: m.get("energy") for m in monitors})
+    if status == "ok":
+        status, reason = _measured(summary)
     summary["duration_s"] = round(rec.duration, 3)
     summary["status"] = status
     ranks_out: dict[str, Any] = {}
@@ -124,6 +138,8 @@ def _write(rec: RunRecord, console: Console) -> Outcome:
                              "peak_rss_mib": round(s["peak_rss_mib"], 1), "allocator": s["allocator"]}
     for rk, mem in (device_memory or {}).items():
         ranks_out.setdefault(rk, {})["device_memory_mib"] = mem
+    for rk, mem in (rec.host_memory or {}).items():
+        ranks_out.setdefault(rk, {})["program_cpu_memory_mib"] = mem
     for rk, f in rec.rank_failures.items():
         ranks_out.setdefault(str(rk), {}).update(f)
     per_node_peak = summary["peak_mem_mib_per_node"] or {}
@@ -144,6 +160,7 @@ def _write(rec: RunRecord, console: Console) -> Outcome:
     prov = provenance.collect(plan_summary=plan_summary, env=rec.env, software=software, runtime=rt.describe(), extra={
         "recipe": r.model_dump(by_alias=True),
         "preset": plan.preset.model_dump(),
+        "program": provenance.program(plan.rank_argv, workdir=Path(plan.workdir or os.getcwd()), env=plan.env),
         "run": {"argv": redact_argv(rec.argv), "kit_env": sorted(rec.kit_env), "launcher": plan.launcher,
                 "launcher_exit_code": rec.launcher_rc, "started": rec.started, "ended": bundle_mod.now_iso(),
                 "duration_s": round(rec.duration, 3), "stacks": rec.stacks},

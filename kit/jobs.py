@@ -166,9 +166,9 @@ class _SnapshotWriter:
     collect`` finds if the job dies, and ``kit job-monitor`` on the other nodes."""
 
     def __init__(self, bundle_dir: Path, plan: Plan, run_id: str, *, every_s: float = 10.0, interval: float = 2.0):
-        from kit.monitor import Monitor
+        from kit.monitor import Monitor, program_words
 
-        self.mon = Monitor(run_id, plan.rank_argv[1:], expected_local=plan.ranks_per_node, interval=interval)
+        self.mon = Monitor(run_id, program_words(plan.rank_argv), expected_local=plan.ranks_per_node, interval=interval)
         self.out = bundle_dir / MONITOR_DIR / f"{socket.gethostname()}.json"
         self.every_s = every_s
         self._stop = threading.Event()
@@ -392,6 +392,7 @@ def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Scheduler, st: J
     return finalize(RunRecord(
         plan=plan, bundle=b, runtime=rt, status=status, reason=reason, records=records, monitors=monitors,
         rank_failures=inner.failures(log_text), device_memory=device_memory_peaks(log_text.splitlines()),
+        host_memory=device_memory_peaks(log_text.splitlines(), "cpu"),
         launcher_rc=None, argv=argv_line.split() if argv_line else [], kit_env=kit_env, env={**kit_env},
         started=started, duration=_elapsed_since(started), extra_provenance={"job": info}), console)
 

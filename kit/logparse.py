@@ -6,10 +6,17 @@
 
 Lines may carry a launcher prefix (``[default0]:``, ``0:``, ``[1,0]<stdout>:``) and
 fields may be missing or reordered; every ``name: value`` pair between ``|`` is kept.
+The iteration time comes in milliseconds (Megatron-DeepSpeed, DeepSpeedFugaku) or seconds
+(``elapsed time per iteration (s): 15.23``, other forks); it is kept as ``elapsed_ms``.
+An iteration Megatron skipped (loss scale overflow) or found NaN in says so in its
+counters; it is not an iteration to time (:attr:`IterationRecord.untimed`), and neither is
+one whose loss is ``nan``/``inf``. Non-finite values are not kept as numbers (a bundle
+holds finite JSON numbers only): the record names them in ``nonfinite``.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -26,19 +33,38 @@ _RANK = re.compile(r"\[Rank (\d+)\]")
 _NAMES = metricdefs.log_names()  # how the log spells a field -> its key (kit.metricdefs.LOG_FIELDS)
 
 
+# -- units and iteration quality (issue 16) ---------------------------------------------------
+#: other forks' spellings of a field: (canonical key, factor to the canonical unit)
+_SCALED = {"elapsed time per iteration (s)": ("elapsed_ms", 1000.0)}
+#: counters that, when non-zero, make the iteration(s) they cover unfit for timing
+UNTIMED_COUNTERS = {"skipped": "skipped", "nan_iters": "NaN"}
+
+
 @dataclass
 class IterationRecord:
     iteration: int
     total: int
     fields: dict[str, float] = field(default_factory=dict)
+    nonfinite: list[str] = field(default_factory=list)  # fields logged as nan/inf (not in ``fields``)
 
     @property
     def elapsed_s(self) -> float | None:
         ms = self.fields.get("elapsed_ms")
         return None if ms is None else ms / 1000.0
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"iteration": self.iteration, **self.fields}
+    @property
+    def untimed(self) -> str | None:
+        """Why this iteration is left out of timing ("skipped", "NaN"), or None."""
+        for key, why in UNTIMED_COUNTERS.items():
+            if self.fields.get(key):
+                return why
+        return "NaN" if "loss" in self.nonfinite else None
+
+    def as_dict(self) -> dict[str, float | int | list[str]]:
+        out: dict[str, float | int | list[str]] = {"iteration": self.iteration, **self.fields}
+        if self.nonfinite:
+            out["nonfinite"] = list(self.nonfinite)
+        return out
 
 
 def parse_line(line: str) -> IterationRecord | None:
@@ -52,11 +78,16 @@ def parse_line(line: str) -> IterationRecord | None:
         if not fm:
             continue
         name = fm.group(1).strip().lower()
-        key = _NAMES.get(name, re.sub(r"[^a-z0-9]+", "_", name).strip("_"))
+        key, factor = _SCALED.get(name, (None, 1.0))
+        key = key or _NAMES.get(name, re.sub(r"[^a-z0-9]+", "_", name).strip("_"))
         try:
-            rec.fields[key] = float(fm.group(2))
+            value = float(fm.group(2)) * factor
         except ValueError:
             continue
+        if math.isfinite(value):
+            rec.fields[key] = value
+        else:  # a bundle holds finite numbers only: the field is named, not stored
+            rec.nonfinite.append(key)
     return rec
 
 
@@ -88,13 +119,15 @@ def parse_memory_report(line: str) -> MemoryReport | None:
                         device="cpu" if m.group(1) else "cuda", fields=fields)
 
 
-def device_memory_peaks(lines) -> dict[str, dict[str, float]]:
+def device_memory_peaks(lines, device: str = "cuda") -> dict[str, dict[str, float]]:
     """Per rank ("unlabelled" without a ``[Rank N]`` prefix), the largest value of each field
-    of the CUDA memory reports in ``lines``; {} when there are none (a CPU run)."""
+    of the ``device`` memory reports in ``lines``: "cuda" (report_memory's allocated /
+    reserved; {} on a CPU run) or "cpu" (the node's ``used`` / ``total`` that DeepSpeedFugaku
+    prints from psutil, one data-parallel rank 0 per model-parallel group)."""
     peaks: dict[str, dict[str, float]] = {}
     for line in lines:
         rep = parse_memory_report(line)
-        if rep is None or rep.device != "cuda":
+        if rep is None or rep.device != device:
             continue
         d = peaks.setdefault("unlabelled" if rep.rank is None else str(rep.rank), {})
         for k, v in rep.fields.items():

@@ -133,6 +133,12 @@ METRICS: tuple[Metric, ...] = (
            "the largest node", label="peak memory", better="lower", column="mem_mib", cell=_cell_mem,
            chart="memory.png", compare=True, show=True, reproduce="memory"),
     Metric("peak_mem_mib_per_node", "MiB", "per node, the sum over its ranks of each rank's peak RSS", kind="mapping"),
+    Metric("program_mem_used_mib", "MiB", "largest 'CPU memory (MB) | used' the program printed (DeepSpeedFugaku: "
+           "psutil's used memory of the whole node, other processes included); None when it prints none"),
+    Metric("mem_column", "", "which summary value the table's Mem column shows (peak_mem_mib)", kind="text"),
+    Metric("iterations_skipped", "iterations", "sum of Megatron's 'number of skipped iterations' (left out of timing)"),
+    Metric("iterations_nan", "iterations", "sum of Megatron's 'number of nan iterations' (left out of timing)"),
+    Metric("not_measured", "", "for each figure left None, why (never 0 in its place)", kind="mapping"),
     Metric("device_peak_allocated_mib", "MiB", "largest 'max allocated' of any rank's CUDA memory report; "
            "None on CPUs"),
     Metric("device_peak_reserved_mib", "MiB", "largest 'max reserved' of any rank's CUDA memory report; "

@@ -21,13 +21,20 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
               ranks_per_node: int, nodes: int, warmup_iters: int,
               rank_peak_rss_mib: dict[str, dict[str, float]] | None = None,
               device_memory: dict[str, dict[str, float]] | None = None,
-              energy_by_node: dict[str, dict[str, Any] | None] | None = None) -> dict[str, Any]:
-    """The metrics summary. Values that were not measured are None, never estimated."""
-    timed = [r for r in records if r.iteration > warmup_iters and r.elapsed_s is not None]
+              energy_by_node: dict[str, dict[str, Any] | None] | None = None,
+              host_memory: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    """The metrics summary. Values that were not measured are None, never estimated, and
+    ``not_measured`` says why (sec/it, memory and what follows from them)."""
+    # Megatron's skipped (overflow) and NaN iterations are counted, not timed
+    timed = [r for r in records if r.iteration > warmup_iters and r.elapsed_s is not None and r.untimed is None]
     summary: dict[str, Any] = dict.fromkeys(metricdefs.summary_keys())
     summary.update(iterations_logged=len(records), iterations_timed=len(timed), warmup_iters=warmup_iters,
                    final_loss=records[-1].fields.get("loss") if records else None,
-                   world_size=world_size, ranks_per_node=ranks_per_node, nodes=nodes)
+                   world_size=world_size, ranks_per_node=ranks_per_node, nodes=nodes,
+                   iterations_skipped=int(sum(r.fields.get("skipped", 0) for r in records)),
+                   iterations_nan=int(sum(r.fields.get("nan_iters", 0) for r in records)),
+                   mem_column="peak_mem_mib")
+    not_measured: dict[str, str] = {}
     if timed:
         times = [r.elapsed_s for r in timed]
         spi = statistics.median(times)
@@ -40,15 +47,35 @@ def summarize(records: list[IterationRecord], *, layers: int, hidden: int, seq: 
             flops_per_iter=tp_.flops_per_iter,
             samples_per_sec=global_batch / spi, tokens_per_sec=global_batch * seq / spi,
         )
-    if rank_peak_rss_mib:
-        per_node = {node: round(sum(ranks.values()), 1) for node, ranks in rank_peak_rss_mib.items()}
+    else:
+        not_measured["sec_per_iter"] = _why_untimed(records, warmup_iters)
+        for key in ("tflops_per_rank", "tflops", "est_aggr_pflops", "samples_per_sec", "tokens_per_sec"):
+            not_measured[key] = "no sec/it (see sec_per_iter)"
+    per_node = {node: round(sum(ranks.values()), 1) for node, ranks in (rank_peak_rss_mib or {}).items() if ranks}
+    if per_node:
         summary["peak_mem_mib_per_node"] = per_node
-        summary["peak_mem_mib"] = max(per_node.values()) if per_node else None
+        summary["peak_mem_mib"] = max(per_node.values())
+    else:
+        not_measured["peak_mem_mib"] = "the monitor found no rank process (by KIT_RUN_ID and the command line)"
+    used = [d["used"] for d in (host_memory or {}).values() if "used" in d]
+    summary["program_mem_used_mib"] = max(used) if used else None
+    summary["not_measured"] = not_measured
     for field in ("allocated", "reserved"):
         seen = [d[f"max_{field}"] for d in (device_memory or {}).values() if f"max_{field}" in d]
         summary[f"device_peak_{field}_mib"] = max(seen) if seen else None
     summary.update(energy_summary(energy_by_node or {}, tokens_per_iter=global_batch * seq))
     return summary
+
+
+def _why_untimed(records: list[IterationRecord], warmup_iters: int) -> str:
+    if not records:
+        return "no iteration line was parsed from the log"
+    after = [r for r in records if r.iteration > warmup_iters]
+    if not after:
+        return f"no iteration logged after the {warmup_iters} warm-up iteration(s)"
+    if all(r.elapsed_s is None for r in after):
+        return "the iteration lines carry no 'elapsed time per iteration (ms|s)' field"
+    return f"every iteration after warm-up was skipped or NaN ({len(after)} logged)"
 
 
 def energy_summary(by_node: dict[str, dict[str, Any] | None], *, tokens_per_iter: int) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 Ranks are found by the run id the kit puts in their environment (``KIT_RUN_ID``) and by
 their command line (the pinned argv), whoever started them: torchrun's children, mpirun's,
-slurmstepd's under srun, or a container's. For each rank the monitor keeps its peak RSS: the
-larger of the rank process's own high-water mark (``VmHWM``, exact) and the sampled RSS of
+slurmstepd's under srun, or a container's. Only the program's own words are matched
+(:func:`program_words`), so whatever precedes it in the recipe's command (``env VAR=…``,
+the rank wrapper ``python -m kit.rankexec --``) is no obstacle. For each rank the monitor
+keeps its peak RSS: the larger of the rank process's own high-water mark (``VmHWM``, exact) and the sampled RSS of
 its whole process tree (helpers such as compile workers); which allocator its memory map
 shows (``/proc/<pid>/maps``); and when it was last seen alive.
 
@@ -28,7 +30,7 @@ from typing import Any
 
 import psutil
 
-from kit import allocator, energy, rankenv
+from kit import allocator, energy, rankenv, rankexec
 
 MIB = 2**20
 
@@ -75,6 +77,16 @@ def _hwm_mib(pid: int) -> float:
     except (OSError, ValueError, IndexError):
         pass
     return 0.0
+
+
+# -- rank discovery --------------------------------------------------------------------------
+def program_words(argv: list[str]) -> list[str]:
+    """The words of a rank's command that its own command line in /proc contains: the
+    program's argv (:func:`kit.rankexec.program_argv`: ``env VAR=…`` and the rank wrapper
+    exec it and vanish) without the interpreter, which /proc may spell differently (a
+    resolved path, ``python3``); a program without arguments keeps its own name."""
+    words = rankexec.program_argv(argv)
+    return words[1:] if len(words) > 1 else words
 
 
 class Monitor:

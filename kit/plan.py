@@ -77,6 +77,7 @@ class Plan(BaseModel):
     threads_per_rank: int
     python: str
     rank_argv: list[str]
+    workdir: str | None = None  # where the ranks start (the recipe's workdir); None: the kit's cwd
     env: dict[str, str]
     settings: list[Setting]
     job: JobOptions = JobOptions()
@@ -100,7 +101,7 @@ class Plan(BaseModel):
             "nodes": self.nodes, "world_size": self.world_size, "ranks_per_node": self.ranks_per_node,
             "threads_per_rank": self.threads_per_rank, "dp": self.dp, "tp": p.tp, "pp": p.pp, "zero": p.zero,
             "micro_batch": self.recipe.batch.micro, "global_batch": self.recipe.batch.global_batch,
-            "rank_argv": self.rank_argv, "settings": [s.model_dump() for s in self.settings],
+            "rank_argv": self.rank_argv, "workdir": self.workdir, "settings": [s.model_dump() for s in self.settings],
             "job": self.job.model_dump(),
         }
 
@@ -169,6 +170,7 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
     env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}
     if where_site and where_site.interface:
         env["GLOO_SOCKET_IFNAME"] = where_site.interface  # gloo's sockets on the site's network (Tofu)
+    env.update(recipe.render_env(python=rt.python))  # what the command needs (the recipe's env)
     env.update(preset.env)
     # On a batch system the ranks run on compute nodes, which may not be this (login) node
     # (Fugaku's login nodes are x86-64): unless $KIT_TCMALLOC names the library, tcmalloc is
@@ -199,10 +201,14 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
         recipe_file=str(recipe_path), preset_files=[str(p) for p in preset_paths], overrides=overrides,
         launcher=launcher, runtime=runtime, image=image, nodes=nodes, dp=dp, world_size=world,
         ranks_per_node=rpn, threads_per_rank=threads, python=python,
-        rank_argv=recipe.render_command(python=python), env=env, settings=settings,
+        rank_argv=recipe.render_command(python=python), workdir=recipe.render_workdir(python=python),
+        env=env, settings=settings,
         job=job, force=force, site=where_site,
     )
     launch.validate(plan)
+    if plan.workdir and not batch and not Path(plan.workdir).is_dir():
+        raise KitError(f"workdir {plan.workdir} is not a directory", where=f"{recipe_path} workdir",
+                       fix="point the recipe's vars (--set vars.NAME=PATH) at an existing checkout")
     return plan
 
 

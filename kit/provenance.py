@@ -3,20 +3,26 @@
 ``collect()`` gathers everything a reader needs to trust and re-run a result: the kit's
 version and git commit (with a dirty flag), the software the training command saw (taken
 where it ran: on the host or inside the image), the machine, the scheduler's variables and
-the training process's environment with secrets redacted.
+the training process's environment with secrets redacted. ``program()`` records the
+training program itself: the repository of its script or module (remote, commit, dirty
+flag, a hash of its local diff) and the sha256 of the data and vocabulary files its
+command names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import kit
-from kit import hostinfo
+from kit import hostinfo, rankexec
 from kit.bundle import atomic_write
 from kit.redact import redact_env
 
@@ -155,3 +161,122 @@ def collect(*, plan_summary: dict[str, Any], env: dict[str, str], software: dict
         "cwd": os.getcwd(),
         **(extra or {}),
     }
+
+
+# -- the training program: its repository and the files its command names (issue 16) ----------
+#: files larger than this are recorded by size, not hashed (a shard of a large corpus)
+HASH_MAX_BYTES = 4 * 2**30
+MAX_FILES = 64
+_CHUNK = 2**20
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def program(rank_argv: list[str], *, workdir: Path, env: dict[str, str],
+            max_bytes: int = HASH_MAX_BYTES) -> dict[str, Any]:
+    """Where the training program comes from and what it read.
+
+    ``script``: the pinned script (``python x.py``) or module (``python -m pkg.mod``, looked
+    up on the command's PYTHONPATH and the workdir), and the git repository holding it
+    (remote without credentials, commit, dirty flag, the sha256 and file list of its diff
+    against HEAD, so a local patch is visible); ``files``: the sha256 and size of every
+    existing file the command names (vocabulary, merges, configs) and of a Megatron data
+    prefix's ``.bin``/``.idx``, streamed, ``max_bytes`` at most per file."""
+    words = rankexec.program_argv(rank_argv)
+    script = _script(words, workdir, env)
+    out: dict[str, Any] = {"argv": words, "workdir": str(workdir)}
+    out["script"] = {"path": str(script), **_git_state(script.parent)} if script else None
+    out["files"] = _named_files(words[1:], workdir, skip=script, max_bytes=max_bytes)
+    return out
+
+
+def _script(words: list[str], workdir: Path, env: dict[str, str]) -> Path | None:
+    """The file the program runs: the script or module after the interpreter's options, or
+    the program itself when it is a file (``./train.sh``)."""
+    rest = words[1:]
+    while rest and rest[0].startswith("-") and rest[0] not in ("-m", "-c"):
+        rest = rest[2:] if rest[0] in ("-W", "-X") else rest[1:]
+    if rest[:1] == ["-m"] and len(rest) > 1:
+        search = [str(workdir), *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p), *sys.path]
+        return _module_file(rest[1], search)
+    if rest and rest[0] != "-c":
+        path = workdir / rest[0]
+        if path.is_file():
+            return path.resolve()
+    first = workdir / words[0] if words else None
+    return first.resolve() if first is not None and "/" in words[0] and first.is_file() else None
+
+
+def _module_file(name: str, search: list[str]) -> Path | None:
+    parts = name.split(".")
+    for base in search:
+        root = Path(base, *parts)
+        for candidate in (root / "__main__.py", root.with_suffix(".py"), root / "__init__.py"):
+            if candidate.is_file():
+                return candidate.resolve()
+    return None
+
+
+def _git(directory: Path, *args: str) -> subprocess.CompletedProcess | None:
+    try:
+        r = subprocess.run(["git", "-C", str(directory), *args], capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r if r.returncode == 0 else None
+
+
+def _git_state(directory: Path) -> dict[str, Any]:
+    top = _git(directory, "rev-parse", "--show-toplevel")
+    if top is None:
+        return {"git": None, "why": "not in a git checkout (or git is not installed)"}
+    out: dict[str, Any] = {"repository": top.stdout.decode(errors="replace").strip()}
+    remote = _git(directory, "remote", "get-url", "origin") or _git(directory, "config", "--get-regexp", r"^remote\..*\.url$")
+    url = remote.stdout.decode(errors="replace").strip().split("\n")[0].split(" ")[-1] if remote else None
+    out["remote"] = _USERINFO.sub("", url) if url else None
+    head = _git(directory, "rev-parse", "HEAD")
+    out["commit"] = head.stdout.decode().strip() if head else None
+    diff = _git(directory, "diff", "--binary", "HEAD")
+    names = _git(directory, "diff", "--name-only", "HEAD")
+    changed = names.stdout.decode(errors="replace").split() if names else []
+    out["dirty"] = bool(changed) if diff is not None else None
+    out["diff_sha256"] = hashlib.sha256(diff.stdout).hexdigest() if diff is not None and diff.stdout else None
+    out["diff_files"] = changed
+    return out
+
+
+def _named_files(words: list[str], workdir: Path, *, skip: Path | None, max_bytes: int) -> list[dict[str, Any]]:
+    """The existing regular files named by ``words`` (``--flag=value`` forms too) and the
+    ``.bin``/``.idx`` pair of any Megatron data prefix among them, each once."""
+    seen: dict[Path, None] = {}
+    for w in words:
+        value = w.split("=", 1)[1] if w.startswith("-") and "=" in w else w
+        if not value or value.startswith("-") or len(value) > 4096:
+            continue
+        base = workdir / value
+        for cand in (base, Path(f"{base}.bin"), Path(f"{base}.idx")):
+            try:
+                if cand.is_file():
+                    seen.setdefault(cand.resolve(), None)
+            except OSError:
+                continue
+    files = [p for p in seen if p != skip][:MAX_FILES]
+    return [_file_digest(p, max_bytes) for p in files]
+
+
+def _file_digest(path: Path, max_bytes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": str(path)}
+    try:
+        size = path.stat().st_size
+        out["size"] = size
+        if size > max_bytes:
+            out["sha256"] = None
+            out["why"] = f"larger than {max_bytes} bytes: not hashed (size recorded)"
+            return out
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+        out["sha256"] = h.hexdigest()
+    except OSError as e:
+        out["sha256"] = None
+        out["why"] = f"unreadable: {e.strerror or e}"
+    return out

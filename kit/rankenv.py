@@ -1,7 +1,7 @@
-"""Who am I in the job: map each launcher's rank variables to RANK/WORLD_SIZE/LOCAL_RANK.
+"""Who am I in the job: map each launcher's rank variables to torchrun's contract.
 
-torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT itself.
-The others, in the order they are tried:
+The one home of that mapping. torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT itself (:data:`CONTRACT`). The others, in the order they are tried:
 
 - ``slurm`` (srun): SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID / SLURM_STEP_TASKS_PER_NODE
   (``2(x3)`` and ``2,1`` forms keep their first number). SLURM_PROCID is also set in a batch
@@ -18,7 +18,10 @@ The others, in the order they are tried:
 - ``pmix`` (other PMIx launchers): PMIX_RANK with OMPI_UNIVERSE_SIZE, MPI_LOCALRANKID.
 
 DeepSpeed reads none of the latter itself (without RANK it falls back to mpi4py discovery),
-so the workload calls :func:`resolve` before initialising torch.distributed. MASTER_ADDR /
+and Megatron reads only RANK/WORLD_SIZE/LOCAL_RANK. So the workload calls :func:`resolve`
+before initialising torch.distributed, and any other program started by mpirun, srun or
+PJM's mpiexec is started through the rank wrapper (:mod:`kit.rankexec`), which calls
+``resolve(env, launcher_first=True)`` and then becomes the program. MASTER_ADDR /
 MASTER_PORT are set by the launcher that starts the ranks (kit.launchers.mpirun/srun);
 the 127.0.0.1:29500 defaults here only serve a single process or a one-node run.
 """
@@ -43,6 +46,8 @@ _SOURCES: list[tuple[str, dict[str, tuple[str, ...]]]] = [
               "LOCAL_WORLD_SIZE": ("MPI_LOCALNRANKS",)}),
 ]
 MAPPINGS = dict(_SOURCES)
+#: what a torch.distributed program (env:// rendezvous) reads: torchrun's variables
+CONTRACT = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 def _first(env: MutableMapping[str, str], names: tuple[str, ...]) -> str | None:
@@ -57,10 +62,13 @@ def _is_srun_task(env: MutableMapping[str, str]) -> bool:
     return step is not None and step not in ("batch", "extern", "4294967294", "4294967295")
 
 
-def detect(environ: MutableMapping[str, str] | None = None) -> str | None:
-    """Name of the launcher whose rank variables are present, or None for a single process."""
+def detect(environ: MutableMapping[str, str] | None = None, *, launcher_first: bool = False) -> str | None:
+    """Name of the launcher whose rank variables are present, or None for a single process.
+
+    ``launcher_first``: the launcher's own variables win over RANK/WORLD_SIZE already in the
+    environment (a job script's ``export WORLD_SIZE=…`` reaches every rank alike)."""
     env = os.environ if environ is None else environ
-    for name, mapping in _SOURCES:
+    for name, mapping in (_SOURCES[1:] + _SOURCES[:1] if launcher_first else _SOURCES):
         if name == "slurm" and not _is_srun_task(env):
             continue
         if _first(env, mapping["RANK"]) is not None and _first(env, mapping["WORLD_SIZE"]) is not None:
@@ -68,13 +76,15 @@ def detect(environ: MutableMapping[str, str] | None = None) -> str | None:
     return None
 
 
-def resolve(environ: MutableMapping[str, str] | None = None) -> str:
+def resolve(environ: MutableMapping[str, str] | None = None, *, launcher_first: bool = False) -> str:
     """Fill RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE (and MASTER_* defaults) in place.
 
-    Returns the name of the source used ("single" when no launcher variables exist).
+    Returns the name of the source used ("single" when no launcher variables exist). With
+    ``launcher_first`` the launcher's variables are tried first and replace the four rank
+    variables where already set; otherwise values already set are kept.
     """
     env = os.environ if environ is None else environ
-    source = detect(env)
+    source = detect(env, launcher_first=launcher_first)
     if source is None:
         env.setdefault("RANK", "0")
         env.setdefault("WORLD_SIZE", "1")
@@ -84,8 +94,10 @@ def resolve(environ: MutableMapping[str, str] | None = None) -> str:
     else:
         for target, names in MAPPINGS[source].items():
             value = _first(env, names)
-            if value is not None:
-                env.setdefault(target, value.split("(")[0].split(",")[0])
+            if value is not None and (launcher_first or target not in env):
+                env[target] = value.split("(")[0].split(",")[0]
+            elif launcher_first and target in ("LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+                env.pop(target, None)  # a stale inherited value; derived below
         if "LOCAL_RANK" not in env and "LOCAL_WORLD_SIZE" in env:
             # ranks fill each node in turn (Fujitsu MPI with max-proc-per-node)
             env["LOCAL_RANK"] = str(int(env["RANK"]) % int(env["LOCAL_WORLD_SIZE"]))

@@ -3,6 +3,16 @@
 A recipe pins the model shape, the parallel layout, batch sizes, iterations, seed, data,
 the image it expects and the training command (an argv template). ``--set key=value``
 overrides a value; the overrides are recorded in the plan and the bundle.
+
+A command that is not the built-in workload (e.g. DeepSpeedFugaku's ``pretrain_gpt.py``)
+also needs where it lives and what it needs in its environment:
+
+- ``vars``: named values for ``{vars.NAME}`` placeholders (the program's checkout, its data
+  and vocabulary files), so a site changes one line, or ``--set vars.NAME=…``;
+- ``env``: variables the command needs (``PYTHONPATH``, ``DS_ACCELERATOR``), templated like
+  the command and exported to every rank by every launcher. Machine settings stay in
+  presets: OMP_NUM_THREADS, LD_PRELOAD and the kit's own KIT_* names are refused here;
+- ``workdir``: the directory the ranks start in (templated; default: where ``kit run`` runs).
 """
 
 from __future__ import annotations
@@ -93,6 +103,28 @@ class Recipe(_Strict):
     data: str = Field(default="synthetic", description="'synthetic' or a path to a flat uint16 token file")
     image: str | None = Field(default=None, description="image reference the recipe expects, if any")
     command: list[str] = Field(default_factory=lambda: list(DEFAULT_COMMAND))
+    vars: dict[str, str] = Field(default_factory=dict, description="values for {vars.NAME} placeholders")
+    env: dict[str, str] = Field(default_factory=dict, description="environment the command needs (templated)")
+    workdir: str | None = Field(default=None, description="directory the ranks start in (templated)")
+
+    @field_validator("vars", "env", mode="before")
+    @classmethod
+    def _scalars_as_text(cls, v):  # `--set env.X=1` and `eval_iters: 10` give numbers
+        if isinstance(v, dict):
+            return {k: str(x).lower() if isinstance(x, bool) else str(x) if isinstance(x, (int, float)) else x
+                    for k, x in v.items()}
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_is_not_a_setting(cls, v):
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"env: {name!r} is not a variable name")
+            if name in _SETTING_VARS or name.startswith("KIT_"):
+                raise ValueError(f"env: {name} is a machine setting the kit sets itself; set it in a preset "
+                                 "(threads_per_rank, allocator) instead")
+        return v
 
     @field_validator("command")
     @classmethod
@@ -116,27 +148,50 @@ class Recipe(_Strict):
 
     # -- derived --------------------------------------------------------------------------
     def content_hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(by_alias=True), sort_keys=True).encode()).hexdigest()
+        doc = self.model_dump(by_alias=True)
+        for key in ("vars", "env", "workdir"):  # unset: the hash of a recipe written before they existed
+            if not doc[key]:
+                del doc[key]
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
     def render_command(self, *, python: str) -> list[str]:
         """The pinned argv with every placeholder filled from this recipe."""
+        fill = self._filler(python, "command")
+        rendered = (fill(arg) for arg in self.command)
+        return [arg for arg in rendered if arg != ""]
+
+    def render_env(self, *, python: str) -> dict[str, str]:
+        """``env`` with its placeholders filled."""
+        fill = self._filler(python, "env")
+        return {k: fill(v) for k, v in self.env.items()}
+
+    def render_workdir(self, *, python: str) -> str | None:
+        """``workdir`` with its placeholders filled, or None (the kit's own directory)."""
+        return None if self.workdir is None else self._filler(python, "workdir")(self.workdir)
+
+    def _filler(self, python: str, key: str):
         fields = _flatten(self.model_dump())
         fields["batch.global_batch"] = self.batch.global_batch
         fields["python"] = python
         fields["data"] = self.data
         fields["checkpoint_flag"] = "--checkpoint-activations" if self.model.checkpoint_activations else ""
-        def fill(match: re.Match) -> str:
-            key = match.group(1)
-            if key not in fields:
-                raise KitError(f"command: unknown placeholder {{{key}}}", where=f"recipe {self.name}",
-                               fix="use one of {python}, {data}, {checkpoint_flag} or a value such as {model.layers}")
-            return str(fields[key])
 
-        rendered = (_PLACEHOLDER.sub(fill, arg) for arg in self.command)
-        return [arg for arg in rendered if arg != ""]
+        def fill(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in fields:
+                raise KitError(f"{key}: unknown placeholder {{{name}}}", where=f"recipe {self.name}",
+                               fix="use one of {python}, {data}, {checkpoint_flag}, {vars.NAME} (declared under "
+                                   "vars:) or a value such as {model.layers}")
+            return str(fields[name])
+
+        return lambda text: _PLACEHOLDER.sub(fill, text)
 
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: variables that carry preset settings (kit.plan) or the launcher's rank contract
+_SETTING_VARS = {"OMP_NUM_THREADS", "LD_PRELOAD", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+                 "MASTER_ADDR", "MASTER_PORT"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -44,6 +44,11 @@ class Launcher(abc.ABC):
         """Cores of one node, where the launcher knows better than this host (none do today)."""
         return None
 
+    def rank_argv(self, argv: list[str], *, python: str) -> list[str]:
+        """Each rank's command as this launcher starts it: as is where the launcher sets
+        torchrun's variables itself (torchrun); mpirun/srun put the rank wrapper in front."""
+        return argv
+
     @abc.abstractmethod
     def command(self, plan: Any, rank_argv: list[str], *, python: str, log_dir: Path) -> list[str]:
         """argv that starts every rank of ``plan`` on this node."""

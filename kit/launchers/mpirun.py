@@ -2,7 +2,8 @@
 
 Both flavours start the pinned command once per rank; the ranks find who they are from the
 MPI launcher's variables (``OMPI_COMM_WORLD_*``; under PJM also ``PMIX_RANK``,
-``PLE_RANK_ON_NODE``, ``PJM_MPI_PROC``), mapped by :mod:`kit.rankenv` in the workload.
+``PLE_RANK_ON_NODE``, ``PJM_MPI_PROC``), mapped to torchrun's RANK/WORLD_SIZE/LOCAL_RANK/...
+by the rank wrapper in front of each rank's command (:mod:`kit.rankexec`).
 MASTER_ADDR/MASTER_PORT (torch.distributed's rendezvous on gloo) are set here
 (``kit.launchers.common.rendezvous``): the first node of the allocation (127.0.0.1 on one
 node) and a port free on this node, which is the node where rank 0 starts.
@@ -30,6 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kit import rankexec
 from kit.errors import KitError
 from kit.launchers import Launcher, register
 from kit.launchers.common import KIT_VARS, flavour, mpiexec_argv, rendezvous
@@ -41,6 +43,9 @@ _FJ_FAIL = re.compile(r"rank\s*[=:]?\s*(\d+).{0,80}?(?:exit(?:ed)?(?: with)?(?: 
 
 @register("mpirun")
 class MpirunLauncher(Launcher):
+    def rank_argv(self, argv: list[str], *, python: str) -> list[str]:
+        return rankexec.wrap(argv, python=python)  # torchrun's variables from the launcher's
+
     def validate(self, plan) -> None:
         exe = "mpiexec" if flavour() == "fujitsu" else "mpirun"
         if not shutil.which(exe):

@@ -2,8 +2,8 @@
 
 Used directly inside ``salloc``/an interactive allocation, and by the ``slurm`` batch
 launcher inside its job. Each rank is a child of slurmstepd with SLURM_PROCID /
-SLURM_NTASKS / SLURM_LOCALID, which the workload maps to RANK / WORLD_SIZE / LOCAL_RANK
-(:mod:`kit.rankenv`); the rendezvous (MASTER_ADDR = the first node, a free port there) is
+SLURM_NTASKS / SLURM_LOCALID, which the rank wrapper in front of each rank's command maps
+to RANK / WORLD_SIZE / LOCAL_RANK (:mod:`kit.rankexec`); the rendezvous (MASTER_ADDR = the first node, a free port there) is
 exported here. ``--cpu-freq`` (kHz, the words ``kit.settings`` put in the plan) applies
 the preset's frequency where the cluster allows it (Slurm needs cpufreq support on the node; otherwise it is ignored, and the kit
 records the frequency it saw). Each rank's output goes to the launcher's stdout with a
@@ -17,6 +17,7 @@ import re
 import shutil
 from pathlib import Path
 
+from kit import rankexec
 from kit.errors import KitError
 from kit.launchers import Launcher, register
 from kit.launchers.common import rendezvous
@@ -38,6 +39,9 @@ def _task_ids(text: str) -> list[int]:
 
 @register("srun")
 class SrunLauncher(Launcher):
+    def rank_argv(self, argv: list[str], *, python: str) -> list[str]:
+        return rankexec.wrap(argv, python=python)  # torchrun's variables from the launcher's
+
     def validate(self, plan) -> None:
         if not shutil.which("srun"):
             raise KitError("srun was not found on PATH", where="--launcher srun",

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.launchers.common import flavour, kit_command, mpiexec_argv
+from kit.launchers.mpirun import MpirunLauncher
 from kit.schedulers import JobState, Scheduler, register
 
 A64FX_CORES = 48  # compute cores per node (4 CMGs of 12)
@@ -129,8 +130,9 @@ class PjmScheduler(Scheduler):
         lines += self.setting_comments(plan)
         if "LD_PRELOAD" in plan.env:
             lines.append(f"# LD_PRELOAD={plan.env['LD_PRELOAD']} is set for the ranks only (not this shell).")
+        ranks = MpirunLauncher().rank_argv(plan.rank_argv, python=plan.python)  # each behind the rank wrapper
         lines += ["# kit job-run starts the ranks with Fujitsu MPI, one output file per rank:",
-                  *_quote_block(mpiexec_argv(plan, plan.rank_argv, logs, port="<free port>",
+                  *_quote_block(mpiexec_argv(plan, ranks, logs, port="<free port>",
                                                addr=f"<{site.interface} address of the master node>" if site and site.interface
                                                else "<first node>")),
                   "# then watches every rank, checks the frequency it sees against the one requested above,",

@@ -25,9 +25,10 @@
 #   mpiexec -np 1 -std-proc /vol0004/hp190122/u01234/results/20230215-000000_row/logs/stdproc/%j/%m/%/1000r/out \
 #     -x GLOO_SOCKET_IFNAME -x OMP_NUM_THREADS -x KIT_RUN_ID -x PYTHONUNBUFFERED -x KIT_WORLD_SIZE=1 \
 #     -x KIT_RANKS_PER_NODE=1 -x 'MASTER_ADDR=<tofu1 address of the master node>' -x 'MASTER_PORT=<free port>' /vol0004/hp190122/u01234/venv-aarch64/bin/python3 \
-#     -m kit.workload --layers 24 --hidden 2048 --heads 32 --seq 1024 --vocab 50257 \
-#     --micro-batch 1 --global-batch 1024 --tp 1 --pp 1 --zero 1 --iters 3 --warmup-iters 1 \
-#     --seed 1234 --lr 0.0002 --dtype fp32 --data synthetic --checkpoint-activations
+#     -m kit.rankexec -- /vol0004/hp190122/u01234/venv-aarch64/bin/python3 -m kit.workload \
+#     --layers 24 --hidden 2048 --heads 32 --seq 1024 --vocab 50257 --micro-batch 1 \
+#     --global-batch 1024 --tp 1 --pp 1 --zero 1 --iters 3 --warmup-iters 1 --seed 1234 --lr 0.0002 \
+#     --dtype fp32 --data synthetic --checkpoint-activations
 # then watches every rank, checks the frequency it sees against the one requested above,
 # and writes the bundle (job id, node list, PJM_* variables, this script), whatever happens.
 
