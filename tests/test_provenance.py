@@ -66,7 +66,7 @@ def test_blas_core_is_the_mapped_library_with_openblas_api(tmp_path):
     import shutil
     import subprocess
 
-    import numpy  # noqa: F401  (maps numpy.libs/libscipy_openblas*)
+    import numpy  # noqa: F401 (maps numpy.libs/libscipy_openblas*)
     import pytest
 
     from kit.provenance import _BLAS_CORE
