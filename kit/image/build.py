@@ -27,13 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import kit
+from kit.engines import ENGINES, OCI_ENGINES, SIF_ENGINES, first_on_path
 from kit.errors import KitError
 from kit.image import spy
 from kit.image.convert import to_dockerfile
 from kit.image.recipe import PIP_CACHE, WHEELHOUSE, Recipe, RecipeOptions, render, repo_root, torch_wheel_options
 
-ENGINES = ("apptainer", "singularity", "podman", "docker")
-OCI = ("podman", "docker")
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 SOURCE_FILES = ("pyproject.toml", "README.md", "LICENSE")
 
@@ -42,15 +41,15 @@ def detect_engine(preferred: str | None = None) -> str:
     if preferred:
         if preferred not in ENGINES:
             raise KitError(f"unknown engine {preferred!r}", where="--engine", fix=f"use one of: {', '.join(ENGINES)}")
-        if preferred in spy.SIF_ENGINES:
+        if preferred in SIF_ENGINES:
             spy.find_engine(preferred)  # raises the clear error
         elif not shutil.which(preferred):
             raise KitError(f"{preferred} is not installed", where="--engine",
                            fix=f"install {preferred} or choose another of: {', '.join(ENGINES)}")
         return preferred
-    for e in ENGINES:
-        if shutil.which(e):
-            return e
+    found = first_on_path(ENGINES)
+    if found:
+        return found
     raise KitError("no container engine found (tried apptainer, singularity, podman, docker)", where="kit image build",
                    fix="install one: apt-get install podman; on HPC systems `module load singularity` or apptainer")
 
@@ -176,7 +175,7 @@ def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | No
     (context / "kit-src" / "KIT_SOURCE.json").write_text(
         json.dumps({"version": kit.__version__, "source_sha256": src_sha}, sort_keys=True) + "\n")
 
-    if engine in OCI:
+    if engine in OCI_ENGINES:
         ref = ref or options.tag()
         dockerfile = to_dockerfile(recipe.text, mount_build_inputs=(engine == "podman"))
         (context / "Dockerfile").write_text(dockerfile)
