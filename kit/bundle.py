@@ -88,6 +88,7 @@ class Manifest(BaseModel):
     kit_version: str
     recipe: str
     preset: str
+    group: str | None = None  # repeats of one plan share it (kit run --repeat, a sweep's repeat:)
     files: dict[str, FileEntry] = {}
 
 
@@ -161,7 +162,7 @@ class Bundle:
 
     # -- writing ----------------------------------------------------------------------------
     @classmethod
-    def create(cls, out_dir: Path, *, recipe: str, preset: str) -> "Bundle":
+    def create(cls, out_dir: Path, *, recipe: str, preset: str, group: str | None = None) -> "Bundle":
         """Make a new bundle directory with a unique id and a ``running`` manifest."""
         out_dir.mkdir(parents=True, exist_ok=True)
         for _ in range(100):
@@ -176,7 +177,7 @@ class Bundle:
             raise RuntimeError(f"could not make a unique bundle directory in {out_dir}")
         (path / "logs").mkdir()
         manifest = Manifest(schema_version=SCHEMA_VERSION, id=bid, status="running", created=now_iso(),
-                            kit_version=kit.__version__, recipe=recipe, preset=preset)
+                            kit_version=kit.__version__, recipe=recipe, preset=preset, group=group)
         b = cls(path=path, manifest=manifest)
         b._write_manifest()
         return b
@@ -227,7 +228,8 @@ class Bundle:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        atomic_write(self.path / MANIFEST, dump_json(self.manifest.model_dump()))
+        # no group: the manifest as before (kits without the field read it)
+        atomic_write(self.path / MANIFEST, dump_json(self.manifest.model_dump(exclude=None if self.manifest.group else {"group"})))
 
 
 class LogWriter:

@@ -119,9 +119,10 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the plan (and job script), run nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="progress to stderr; the result (bundle path, id, status, "
                                                          "summary) as the last line of stdout, in JSON")] = False,
+    repeat: Annotated[int, typer.Option(min=1, help="run N times as one group (OUT/<group>/: N bundles sharing a group id)")] = 1,
 ):
     """Run a recipe under presets, watch it, and write a result bundle."""
-    from kit import runner
+    from kit import repeat as repeat_mod, runner
 
     plan = plan_mod.resolve(recipe_name=recipe, overrides=set_ or [], preset_names=preset or None, launcher=launcher,
                             runtime=runtime, image=image, nodes=nodes, force=force, site=site,
@@ -130,7 +131,14 @@ def run(
     if dry_run:
         _print_dry_run(plan, as_json)
         return
-    outcome = runner.run(plan, out, err if as_json else console)
+    con = err if as_json else console
+    if repeat > 1:
+        g = repeat_mod.run_group(plan, repeat, out, con)
+        if as_json:
+            _print_json({"group": g.group, "path": str(g.path), "runs": [_run_result(o) for o in g.outcomes]},
+                        one_line=True)
+        raise typer.Exit(g.exit_code)
+    outcome = runner.run(plan, out, con)
     if as_json:
         _print_json(_run_result(outcome), one_line=True)
     raise typer.Exit(outcome.exit_code)

@@ -28,13 +28,15 @@ def write_inputs(b: Bundle, plan: Plan) -> None:
     b.write_json("plan.json", plan.model_dump(mode="json"))
 
 
-def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, Any] | None = None) -> Outcome:
+def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, Any] | None = None,
+        group: str | None = None) -> Outcome:
     """``extra_files``: JSON documents written into the bundle with its inputs (e.g. a sweep's
-    ``sweep.json`` with the point key), so they are checksummed with the rest."""
+    ``sweep.json`` with the point key), so they are checksummed with the rest. ``group``: the
+    manifest's group id, shared by repeats of one plan (kit.repeat)."""
     seen_bad = known_bad.enforce(plan, console)  # KitError unless --force
     if plan.batch:
         refuse_secrets(plan)
-    b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name)
+    b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name, group=group)
     write_inputs(b, plan)
     if seen_bad:
         b.write_json("known_bad.json", {"forced": True, "matches": seen_bad})
