@@ -1,4 +1,5 @@
-"""Repeats: one plan run N times as a group (``kit run --repeat N``, ``kit noise``).
+"""Repeats: one plan run N times as a group (``kit run --repeat N``, ``kit noise``: the group
+as the host's noise floor, stored by :mod:`kit.noise`).
 
 Each repeat is an ordinary bundle; their manifests share a ``group`` id and they live in
 one directory, ``OUT/<group id>/``, so the group can be named by its path (``kit compare
@@ -15,7 +16,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, runner
+from kit import bundle as bundle_mod, noise, runner
 from kit.errors import EXIT_INTERRUPTED
 from kit.outcome import Outcome
 from kit.plan import Plan
@@ -54,3 +55,24 @@ def run_group(plan: Plan, n: int, out: Path, console: Console, *, group: str | N
     console.print(f"group: {res.path} ({sum(o.status == 'ok' for o in res.outcomes)} of {n} ok)", highlight=False,
                   markup=False, soft_wrap=True)
     return res
+
+
+def measure_noise(plan: Plan, n: int, out: Path, console: Console) -> tuple[GroupOutcome, Path | None]:
+    """``kit noise``: ``n`` identical runs as a group, their spread stored as this host's noise
+    floor for the recipe (:mod:`kit.noise`); the path is None when fewer than 2 runs finished."""
+    g = run_group(plan, n, out, console)
+    runs, host = [], None
+    for o in g.outcomes:
+        if o.status != "ok":
+            continue
+        host = host or (bundle_mod.load_json(o.bundle.path, "provenance.json").get("host") or {}).get("hostname")
+        runs.append({"bundle": o.bundle.id, **{m: o.summary.get(m) for m in noise.METRICS}})
+    if len(runs) < 2:
+        return g, None
+    summary = plan.summary()
+    rec = noise.make_record(host=host or "unknown", recipe=plan.recipe_name, recipe_sha256=summary["recipe_sha256"],
+                            presets=plan.preset_names, group=g.group, runs=runs)
+    path = noise.save(rec)
+    console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"stored: {path}", highlight=False, markup=False, soft_wrap=True)
+    return g, path
