@@ -192,19 +192,18 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
     raise typer.Exit(EXIT_FAILED if rep.skipped else EXIT_OK)
 
 
-def compare_cmd(a: Annotated[Path, typer.Argument(help="bundle A")], b: Annotated[Path, typer.Argument(help="bundle B")],
+def compare_cmd(a: Annotated[Path, typer.Argument(help="bundle A, or a group's directory (kit run --repeat)")],
+                b: Annotated[Path, typer.Argument(help="bundle B, or a group's directory")],
                 show_all: Annotated[bool, typer.Option("--all", help="list identical sections too")] = False,
                 as_json: JsonOpt = False):
-    """What differs between two bundles (plan, settings, image, packages, hardware, environment) and how each metric moved."""
-    from kit.results import compare, store
+    """What differs between two bundles or groups (plan, settings, image, packages, hardware, environment) and,
+    per metric, the ratio B/A with its 95% interval and a verdict (faster, slower, within noise, not comparable)."""
+    from kit.results import compare, judge
 
-    for side in (a, b):  # nothing unverified is compared: its figures could be anyone's
-        if not store.is_bundle(side):
-            raise KitError("not a bundle directory", where=str(side), fix="name two bundle directories")
-        v = bundle_mod.verify(side)
-        if not v.ok:
-            _problems(VerificationFailed(f"{side}: not compared, the bundle does not verify", v.problems))
-    c = compare.compare(store.load(a), store.load(b))
+    try:  # nothing unverified is compared: its figures could be anyone's
+        c = compare.compare(judge.load_side(a), judge.load_side(b))
+    except VerificationFailed as e:
+        _problems(e)
     if as_json:
         print(json.dumps(compare.to_json(c), indent=2, default=str))
     else:

@@ -3,8 +3,10 @@
 Side by side, what differs between two bundles' provenance — the plan (recipe, presets,
 overrides, layout), each machine setting (requested, applied, seen), the image, the
 software (Python, torch, DeepSpeed, every package), the hardware and the environment — and
-how much each metric moved (B relative to A). Identical sections are summarized in one line;
-``--all`` shows them too. Exit codes: 0 (the comparison is information, not a verdict);
+per metric the ratio B/A with its 95% interval and a verdict (faster, slower, within noise,
+not comparable; :mod:`kit.results.judge`). A and B are bundles or groups of repeats (their
+first bundle's provenance is diffed). Identical sections are summarized in one line;
+``--all`` shows them too. Exit codes: 0 (the comparison is information, not a pass/fail);
 2 bad input.
 """
 
@@ -13,12 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from kit import metricdefs
 from kit.results.humanize import setting_text, value_text
+from kit.results import judge as judge_mod
 from kit.results.store import BundleDocs
 from kit.textsafe import terminal
 
-METRICS = tuple(m.name for m in metricdefs.compared())  # declared in kit.metricdefs, in that order
 PLAN_KEYS = ("recipe", "recipe_sha256", "presets", "preset_sha256", "overrides", "launcher", "runtime", "image", "nodes",
              "world_size", "ranks_per_node", "threads_per_rank", "dp", "tp", "pp", "zero", "micro_batch", "global_batch")
 HOST_KEYS = ("hostname", "cpu_model", "arch", "physical_cores", "logical_cpus", "usable_cpus", "numa_nodes",
@@ -35,40 +36,16 @@ class Diff:
 
 
 @dataclass
-class MetricDelta:
-    name: str
-    a: float | None
-    b: float | None
-
-    @property
-    def change(self) -> float | None:
-        if self.a is None or self.b is None:
-            return None
-        return self.b - self.a
-
-    @property
-    def rel(self) -> float | None:
-        if self.a in (None, 0) or self.b is None:
-            return None
-        return (self.b - self.a) / abs(self.a)
-
-    def verdict(self) -> str:
-        r = self.rel
-        if r is None or abs(r) < 0.005:
-            return ""
-        direction = metricdefs.BY_NAME[self.name].better
-        if direction is None:
-            return ""
-        return "better" if (r < 0) == (direction == "lower") else "worse"
-
-
-@dataclass
 class Comparison:
     a: BundleDocs
     b: BundleDocs
+    judging: judge_mod.Judging
     diffs: list[Diff] = field(default_factory=list)
     same: dict[str, int] = field(default_factory=dict)  # section -> number of identical keys
-    metrics: list[MetricDelta] = field(default_factory=list)
+
+    @property
+    def metrics(self) -> list[judge_mod.MetricJudgement]:
+        return self.judging.metrics
 
     def sections(self) -> list[str]:
         seen: list[str] = []
@@ -87,11 +64,6 @@ def _get(d: dict[str, Any] | None, dotted: str) -> Any:
     return node
 
 
-def _number(x: Any) -> float | None:
-    """A metric as a number; anything else a bundle holds there (a string, a list) is no figure."""
-    return x if isinstance(x, (int, float)) and not isinstance(x, bool) else None
-
-
 def _blas_core(software: dict) -> Any:
     """The OpenBLAS core the run's torch chose (provenance ``software.blas.corename``)."""
     blas = software.get("blas")
@@ -106,8 +78,14 @@ def _packages(sw: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
-    c = Comparison(a=a, b=b)
+def _side(x: BundleDocs | judge_mod.Side) -> judge_mod.Side:
+    return x if isinstance(x, judge_mod.Side) else judge_mod.Side(str(x.path), [x], x.manifest.get("group"))
+
+
+def compare(side_a: BundleDocs | judge_mod.Side, side_b: BundleDocs | judge_mod.Side) -> Comparison:
+    sa_, sb_ = _side(side_a), _side(side_b)
+    a, b = sa_.bundles[0], sb_.bundles[0]
+    c = Comparison(a=a, b=b, judging=judge_mod.judge(sa_, sb_))
 
     def add(section: str, key: str, va: Any, vb: Any) -> None:
         if va == vb:
@@ -148,10 +126,6 @@ def compare(a: BundleDocs, b: BundleDocs) -> Comparison:
         add("kit", k, _get(pa, f"kit.{k}"), _get(pb, f"kit.{k}"))
     for k in ("job_id",):
         add("scheduler", k, _get(pa, f"job.{k}"), _get(pb, f"job.{k}"))
-    ma, mb = a.metrics.get("summary") or {}, b.metrics.get("summary") or {}
-    for k in METRICS:
-        if k in ma or k in mb:
-            c.metrics.append(MetricDelta(k, _number(ma.get(k)), _number(mb.get(k))))
     return c
 
 
@@ -160,20 +134,10 @@ def _v(x: Any, width: int = 72) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def _num(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:.4g}" if abs(x) < 1e5 else f"{x:.4e}"
-
-
 def render(c: Comparison, show_all: bool = False) -> str:
-    lines = [terminal(f"{x}: {d.id} ({d.status})  {d.path}") for x, d in (("A", c.a), ("B", c.b))] + [""]
+    lines = [terminal(f"{x}: {side.describe()}") for x, side in (("A", c.judging.a), ("B", c.judging.b))] + [""]
     lines.append("== metrics (B vs A)")
-    lines.append(f"  {'metric':<18} {'A':>12} {'B':>12} {'change':>12} {'%':>8}")
-    for m in c.metrics:
-        rel = m.rel
-        lines.append(f"  {m.name:<18} {_num(m.a):>12} {_num(m.b):>12} {_num(m.change):>12} "
-                     f"{(f'{rel * 100:+.1f}%' if rel is not None else '-'):>8}  {m.verdict()}".rstrip())
+    lines += judge_mod.render(c.judging)
     order = ("run", "plan", "settings", "image", "software", "packages", "hardware", "environment", "kit", "scheduler")
     for section in order:
         ds = [d for d in c.diffs if d.section == section]
@@ -193,5 +157,4 @@ def render(c: Comparison, show_all: bool = False) -> str:
 def to_json(c: Comparison) -> dict[str, Any]:
     return {"a": {"id": c.a.id, "path": str(c.a.path)}, "b": {"id": c.b.id, "path": str(c.b.path)},
             "differences": [{"section": d.section, "key": d.key, "a": d.a, "b": d.b} for d in c.diffs],
-            "identical": c.same,
-            "metrics": [{"name": m.name, "a": m.a, "b": m.b, "change": m.change, "rel": m.rel} for m in c.metrics]}
+            "identical": c.same, **judge_mod.to_json(c.judging)}
