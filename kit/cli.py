@@ -171,6 +171,32 @@ def _print_dry_run(plan: plan_mod.Plan, as_json: bool) -> None:
         console.print_json(json.dumps(plan.summary(), default=str))
 
 
+@app.command("noise")
+def noise_cmd(
+    recipe: Annotated[str, typer.Argument(help="recipe name or path")] = recipe_mod.DEFAULT_RECIPE,
+    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: key=value")] = None,
+    repeat: Annotated[int, typer.Option(min=2, help="identical runs to measure")] = 5,
+    out: Annotated[Path, typer.Option(help="results directory (the runs are OUT/<group>/)")] = Path("results"),
+    show: Annotated[bool, typer.Option("--show", help="print the stored floor for this host and recipe; run nothing")] = False,
+):
+    """This host's noise floor for a recipe: N identical runs, by how much they differ (stored; compare and reproduce use it)."""
+    from kit import hostinfo, noise, repeat as repeat_mod
+
+    plan = plan_mod.resolve(recipe_name=recipe, overrides=set_ or [], preset_names=preset or None)
+    if show:
+        rec = noise.load(str(hostinfo.describe().get("hostname")), plan.recipe_name, plan.summary()["recipe_sha256"])
+        if rec is None:
+            raise KitError(f"no noise floor stored for {plan.recipe_name} on this host", where="kit noise --show",
+                           fix=f"measure one: kit noise {recipe}" + "".join(f" --set {s}" for s in set_ or []))
+        console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
+        return
+    group, path = repeat_mod.measure_noise(plan, repeat, out, console)
+    if path is None:
+        err.print("kit: noise floor not stored: fewer than 2 runs finished", highlight=False, markup=False)
+    raise typer.Exit(group.exit_code)
+
+
 @app.command("job-run", hidden=True)
 def job_run(bundle: Annotated[Path, typer.Argument(help="bundle directory made at submission")]):
     """Inside a batch job: start the ranks of the bundle's plan and finalize the bundle."""

@@ -1,0 +1,48 @@
+"""kit noise and kit run --repeat with real runs: a group of identical runs in OUT/<group>/,
+their spread stored as this host's noise floor for the recipe, read back by --show and by
+kit compare. Nothing here asserts a timing: only where figures go and that they agree."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kit import bundle as bundle_mod
+from kit.results import judge, store
+from conftest import kit_cli
+
+pytestmark = pytest.mark.slow
+
+SHORT = ["--set", "train.iters=4", "--set", "train.warmup_iters=1"]
+
+
+def test_noise_runs_a_group_and_stores_its_spread(tmp_path):
+    env = {"KIT_CACHE_DIR": str(tmp_path / "cache")}
+    proc = kit_cli("noise", "tiny", "--preset", "baseline", *SHORT, "--repeat", "2", "--out", str(tmp_path / "res"), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    groups = [p for p in (tmp_path / "res").iterdir() if p.is_dir()]
+    assert len(groups) == 1 and groups[0].name.startswith("group-")
+    bundles = store.find(groups)
+    assert len(bundles) == 2
+    manifests = [bundle_mod.read_manifest(b) for b in bundles]
+    assert {m.group for m in manifests} == {groups[0].name} and all(bundle_mod.verify(b).ok for b in bundles)
+    stored = list((tmp_path / "cache" / "noise").rglob("tiny-*.json"))
+    assert len(stored) == 1
+    rec = json.loads(stored[0].read_text())
+    spi = sorted(store.load(b).metrics["summary"]["sec_per_iter"] for b in bundles)
+    assert sorted(rec["metrics"]["sec_per_iter"]["values"]) == spi
+    assert rec["metrics"]["sec_per_iter"]["floor"] == pytest.approx(math.log(spi[1] / spi[0]))
+    assert rec["group"] == groups[0].name and rec["presets"] == ["baseline"] and rec["runs"] == 2
+    host = store.load(bundles[0]).provenance["host"]["hostname"]
+    assert stored[0].parent.name == host
+    shown = kit_cli("noise", "tiny", *SHORT, "--show", env=env)
+    assert shown.returncode == 0 and "noise floor of tiny on" in shown.stdout and "2 runs" in shown.stdout
+    # another recipe value: no floor stored for it
+    other = kit_cli("noise", "tiny", "--set", "train.iters=5", "--show", env=env)
+    assert other.returncode == 2 and "no noise floor stored" in other.stderr
+    # kit compare of the group's two runs reads the floor it was measured with
+    j = judge.judge(judge.load_side(bundles[0]), judge.load_side(bundles[1]))
+    assert j.noise and j.get("sec_per_iter").judgement.floor == pytest.approx(spi[1] / spi[0])
