@@ -1,10 +1,12 @@
-"""``kit report --plot DIR``: PNG bar charts of a report (matplotlib, no display needed).
+"""``kit report --plot DIR``: PNG charts of a report (matplotlib, no display needed).
 
-One chart per measure — ``sec_per_iter.png``, ``tflops.png``, ``memory.png`` — with one bar per
-row, labelled by preset and layout (``2.2Hz, ... | DP4 TP1 PP1``), grouped by model size and
-sequence length. Rows without a value (not measured, stalled) are drawn as an empty slot
-marked ``-``. Where rows measured energy, ``tradeoff.png`` draws each row's sec/it against
-its J/it (what each setting buys in time and costs in energy), one series per group.
+One chart per measure — ``sec_per_iter.png``, ``tflops.png``, ``memory.png`` — with one line
+per setting (a report row, or a group of repeats as one row), labelled by preset and layout
+(``2.2Hz, ... | DP4 TP1 PP1``), grouped by model size and sequence length. Every sample is a
+point; a group's median is a bar and its spread (min-max) a line through the points, with
+``N=`` in the label. Rows without a value (not measured, stalled) are an empty slot marked
+``-``. Where rows measured energy, ``tradeoff.png`` draws each row's sec/it against its J/it
+(what each setting buys in time and costs in energy), one series per group.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ CHARTS = tuple((m.column, m.title[:1].upper() + m.title[1:], m.chart,
 def row_label(f: dict) -> str:
     label = f["label"] or "baseline"
     mark = {"stalled": " ^^", "failed": " (failed)", "interrupted": " (interrupted)"}.get(f["status"], "")
-    return f"{label}{mark} | {f['nodes']}N DP{f['dp']} TP{f['tp']} PP{f['pp']}"
+    n = f" N={f['n_ok']}" if "samples" in f else ""
+    return f"{label}{mark}{n} | {f['nodes']}N DP{f['dp']} TP{f['tp']} PP{f['pp']}"
 
 
 def plot(rep: Report, out_dir: Path) -> list[Path]:
@@ -33,29 +36,34 @@ def plot(rep: Report, out_dir: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    groups = rep.groups()
+    sections = rep.sections()
     labels: list[str] = []
     rows: list[dict] = []
-    for title, g in groups:
-        for f in g:
-            labels.append((f"[{title.split(',')[0]}] " if len(groups) > 1 else "") + row_label(f))
+    for title, entries in sections:
+        for f in entries:
+            labels.append((f"[{title.split(',')[0]}] " if len(sections) > 1 else "") + row_label(f))
             rows.append(f)
     written = []
     for key, name, fname, xlabel in CHARTS:
-        values = [f.get(key) for f in rows]
         fig, ax = plt.subplots(figsize=(10, 0.45 * len(rows) + 1.6))
         ys = list(range(len(rows)))
-        ax.barh(ys, [v or 0 for v in values], color=["tab:blue" if f["status"] == "ok" else "tab:orange" for f in rows])
-        for y, v in zip(ys, values):
-            ax.text(v or 0, y, f" {v:.3g}" if v is not None else " -", va="center", fontsize=8)
+        medians = [f.get(key) for f in rows]
+        colours = ["tab:blue" if f["status"] == "ok" else "tab:orange" for f in rows]
+        ax.barh(ys, [v or 0 for v in medians], color=colours, alpha=0.35)
+        for y, f, v in zip(ys, rows, medians):
+            samples = (f.get("samples") or {}).get(key) or ([] if v is None else [v])
+            if len(samples) > 1:
+                ax.hlines(y, min(samples), max(samples), color="black", linewidth=1)
+            ax.scatter(samples, [y] * len(samples), s=14, color="black", zorder=3)
+            ax.text(max(samples) if samples else 0, y, f" {v:.3g}" if v is not None else " -", va="center", fontsize=8)
         ax.set_yticks(ys, labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlabel(xlabel)
-        ax.set_title(f"{name}" + (f" — {groups[0][0]}" if len(groups) == 1 else ""))
+        ax.set_xlabel(xlabel + ("; bar: median, points: every run, line: min-max" if any("samples" in f for f in rows) else ""))
+        ax.set_title(f"{name}" + (f" — {sections[0][0]}" if len(sections) == 1 else ""))
         fig.tight_layout()
         written.append(_save(plt, fig, out_dir / fname))
     if any(f.get(TRADEOFF[0].column) is not None and f.get(TRADEOFF[1].column) is not None for f in rows):
-        written.append(_tradeoff(plt, groups, out_dir))
+        written.append(_tradeoff(plt, sections, out_dir))
     return written
 
 
