@@ -14,8 +14,15 @@ A sweep file (strict schema; unknown keys are errors)::
           - {name: dp4, set: [parallel.dp=4]}
         nodes: [1]
         set: []                           # overrides for this grid's points
+        repeat: 1                         # runs per point (below)
 
-(``recipes``/``presets``/``layouts``/``nodes`` at the top level make one grid.)
+(``recipes``/``presets``/``layouts``/``nodes``/``repeat`` at the top level make one grid.)
+
+Repeats: with ``repeat: N`` (N > 1) each point is run N times, one after another, as a group
+(:mod:`kit.repeat`): its bundles share the group id ``<sweep name>-<point key>`` and live in
+``OUT/<that id>/``; the report shows the group as one row (median and spread) and ``kit
+compare`` takes the directory. ``repeat`` is not part of the point's key: raising it later
+runs only the missing repeats.
 
 Each point has a key: the sha256 (16 hex digits) of its recipe, overrides, presets, nodes,
 launcher, runtime and image. The key is written into the point's bundle as ``sweep.json``
@@ -69,6 +76,7 @@ class Grid(BaseModel):
     layouts: list[Layout] = [Layout()]
     nodes: list[int] = [1]
     set: list[str] = []
+    repeat: int = Field(1, ge=1)
 
 
 class SweepFile(BaseModel):
@@ -87,12 +95,13 @@ class SweepFile(BaseModel):
     presets: list[str | list[str]] | None = None
     layouts: list[Layout] | None = None
     nodes: list[int] | None = None
+    repeat: int | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_grid_or_many(self):
-        top = {k: getattr(self, k) for k in ("recipes", "presets", "layouts", "nodes") if getattr(self, k) is not None}
+        top = {k: getattr(self, k) for k in ("recipes", "presets", "layouts", "nodes", "repeat") if getattr(self, k) is not None}
         if top and self.grids:
-            raise ValueError("give either grids: [...] or recipes/presets/layouts/nodes at the top level, not both")
+            raise ValueError("give either grids: [...] or recipes/presets/layouts/nodes/repeat at the top level, not both")
         if top:
             if "recipes" not in top or "presets" not in top:
                 raise ValueError("a top-level grid needs recipes: and presets:")
@@ -112,6 +121,7 @@ class Point:
     launcher: str
     runtime: str | None
     image: str | None
+    repeat: int = 1  # runs of this point (not part of its key)
 
     def identity(self) -> dict[str, Any]:
         return identity(recipe=self.recipe, overrides=self.overrides, presets=self.presets, nodes=self.nodes,
@@ -121,9 +131,14 @@ class Point:
     def key(self) -> str:
         return point_key(self.identity())
 
+    def group(self, sweep_name: str) -> str | None:
+        """The group id of this point's repeats (None: one run, no group)."""
+        return f"{sweep_name}-{self.key}" if self.repeat > 1 else None
+
     def title(self) -> str:
         ov = " ".join(self.overrides)
-        return f"{self.recipe} [{'+'.join(self.presets)}] {self.layout} x{self.nodes}N" + (f" ({ov})" if ov else "")
+        return (f"{self.recipe} [{'+'.join(self.presets)}] {self.layout} x{self.nodes}N" + (f" ({ov})" if ov else "")
+                + (f" x{self.repeat} runs" if self.repeat > 1 else ""))
 
 
 def identity(*, recipe: str, overrides: list[str], presets: list[str], nodes: int, launcher: str,
@@ -149,7 +164,7 @@ def points(sw: SweepFile, *, launcher: str | None = None) -> list[Point]:
         for recipe, preset, layout, nodes in itertools.product(g.recipes, g.presets, g.layouts, g.nodes):
             p = Point(recipe=recipe, presets=[preset] if isinstance(preset, str) else list(preset), layout=layout.name,
                       overrides=[*sw.set, *g.set, *layout.set], nodes=nodes, launcher=launcher or sw.launcher,
-                      runtime=sw.runtime, image=sw.image)
+                      runtime=sw.runtime, image=sw.image, repeat=g.repeat)
             if p.key not in seen:
                 seen.add(p.key)
                 out.append(p)
@@ -180,11 +195,12 @@ def _alive(claim: dict[str, Any]) -> bool:
 
 
 def bundles_by_key(out: Path) -> dict[str, list[Path]]:
-    """Bundles under ``out`` by sweep point key (from ``sweep.json``, or from ``plan.json`` when absent)."""
+    """Bundles under ``out`` (and a group's ``out/<group>/``) by sweep point key (from ``sweep.json``,
+    or from ``plan.json`` when absent)."""
     found: dict[str, list[Path]] = {}
     if not out.is_dir():
         return found
-    for p in store.find([out], depth=1):
+    for p in store.find([out], depth=2):
         key = None
         try:  # through the reader's door: the directory may hold imported bundles
             if (p / SWEEP_FILE).exists():
@@ -201,19 +217,26 @@ def bundles_by_key(out: Path) -> dict[str, list[Path]]:
     return found
 
 
-def point_state(paths: list[Path]) -> tuple[str, Path | None]:
-    """``done`` (a verified ok bundle), ``submitted`` (a job not yet finished) or ``todo``; and the bundle."""
-    submitted = None
+def point_state(paths: list[Path], repeat: int = 1) -> tuple[str, Path | None, int]:
+    """``done`` (``repeat`` verified ok bundles), ``submitted`` (the rest are jobs not yet
+    finished) or ``todo``; a bundle to name (the newest ok, else submitted); runs still to do."""
+    ok: list[Path] = []
+    submitted: list[Path] = []
     for p in sorted(paths, key=lambda x: x.name, reverse=True):
         try:
             status = bundle_mod.read_manifest(p).status
         except (OSError, ValueError):
             continue
         if status == "ok" and bundle_mod.verify(p).ok:
-            return "done", p
-        if status == "submitted" and submitted is None:
-            submitted = p
-    return ("submitted", submitted) if submitted else ("todo", None)
+            ok.append(p)
+        elif status == "submitted":
+            submitted.append(p)
+    need = max(0, repeat - len(ok) - len(submitted))
+    if len(ok) >= repeat:
+        return "done", ok[0], 0
+    if need == 0:
+        return "submitted", submitted[0], 0
+    return "todo", None, need
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -242,7 +265,7 @@ def run_point_inprocess(point: Point, out: Path, record: dict[str, Any], console
     why = known_bad.refusal(plan)
     if why:
         return "refused", None, why
-    outcome = runner.run(plan, out, console, extra_files={SWEEP_FILE: record})
+    outcome = runner.run(plan, out, console, extra_files={SWEEP_FILE: record}, group=record.get("group"))
     return outcome.status, outcome.bundle.path, outcome.reason
 
 
@@ -283,10 +306,11 @@ def run_sweep(sweep_path: Path, *, out: Path | None = None, launcher: str | None
         with (locked_state(out, sw.name) if not dry_run else _nolock()) as state:
             state_pt = state["points"].get(key, {})
             existing = bundles_by_key(out).get(key, [])
-            st, b = point_state(existing)
+            st, b, need = point_state(existing, p.repeat)
             claim = state_pt.get("claim")
             if st == "done":
-                res.rows.append({"key": key, "title": p.title(), "state": "ok", "bundle": str(b), "skipped": True})
+                res.rows.append({"key": key, "title": p.title(), "state": "ok", "skipped": True,
+                                 "bundle": str(out / p.group(sw.name)) if p.repeat > 1 else str(b)})
                 console.print(f"{head}: done, skipped ({b.name})", highlight=False, markup=False)
                 continue
             if st == "submitted":
@@ -305,21 +329,29 @@ def run_sweep(sweep_path: Path, *, out: Path | None = None, launcher: str | None
                 continue
             state["points"][key] = {**state_pt, **p.identity(), "layout": p.layout,
                                     "claim": {**me, "since": time.time()}}
-        console.print(f"{head}: running", highlight=False, markup=False)
+        group = p.group(sw.name)
+        console.print(f"{head}: running" + (f" {need} of {p.repeat} (group {group})" if group else ""), highlight=False,
+                      markup=False)
         record = {"sweep": sw.name, "sweep_file": str(sweep_path), "sweep_sha256": sweep_sha, "key": key,
-                  "layout": p.layout, "point": p.identity()}
+                  "layout": p.layout, "point": p.identity(), **({"group": group} if group else {})}
+        runs: list[tuple[str, Path | None, str]] = []
         try:
-            status, bpath, reason = run_point(p, out, record, console)
+            for _ in range(need):  # a group's repeats: the first that did not finish ok names the point's state
+                runs.append(run_point(p, out / group if group else out, record, console))
+                if runs[-1][0] in ("invalid", "refused", "interrupted"):
+                    break
         except BaseException:
             with locked_state(out, sw.name) as state:
                 state["points"][key].pop("claim", None)
             raise
+        status, bpath, reason = next((r for r in runs if r[0] != "ok"), runs[-1])
         with locked_state(out, sw.name) as state:
             entry = state["points"][key]
             entry.pop("claim", None)
             entry.update({"status": status, "bundle": bpath.name if bpath else None, "reason": reason,
-                          "at": bundle_mod.now_iso()})
-        res.rows.append({"key": key, "title": p.title(), "state": status, "bundle": str(bpath) if bpath else None,
+                          "at": bundle_mod.now_iso(), **({"group": group} if group else {})})
+        shown = out / group if group and status not in ("invalid", "refused") else bpath
+        res.rows.append({"key": key, "title": p.title(), "state": status, "bundle": str(shown) if shown else None,
                          "reason": reason, "point": p})
         if status in ("invalid", "refused"):
             console.print(f"  not run: {reason}", highlight=False, markup=False)

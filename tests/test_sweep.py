@@ -77,7 +77,6 @@ grids:
     presets: [mpn4]
     layouts: [{{name: tp4, set: [parallel.tp=4]}}]
 """)
-    t0 = time.monotonic()
     proc = kit_cli("sweep", str(sf), "--out", str(out))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
@@ -100,15 +99,12 @@ grids:
     assert report in text.replace("\r", "")
     state = json.loads((out / ".sweep" / "mini.json").read_text())
     assert state["points"][pts[1].key]["status"] == "ok" and "claim" not in state["points"][pts[1].key]
-    first = time.monotonic() - t0
 
-    # resume: everything finished is skipped, nothing new is written
-    t0 = time.monotonic()
+    # resume: everything finished is skipped, nothing new is written (not timed: the machine may be loaded)
     again = kit_cli("sweep", str(sf), "--out", str(out))
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("done, skipped") == 2
     assert len(store.find([out])) == 2
-    assert time.monotonic() - t0 < first / 2
 
 
 # -- concurrency: several sweeps on one results directory at once -----------------------------------

@@ -12,7 +12,8 @@ RECIPE = {"model": {"layers": 2, "hidden": 128, "heads": 4, "vocab": 50257, "seq
 
 def make_bundle(out: Path, iter_s: list[float], *, preset: str = "baseline", group: str | None = None,
                 status: str = "ok", warmup: int = 1, plan: dict | None = None, host: dict | None = None,
-                software: dict | None = None, mem: float = 700.0, losses: list[float] | None = None) -> Path:
+                software: dict | None = None, mem: float = 700.0, losses: list[float] | None = None,
+                extra: dict[str, dict] | None = None) -> Path:
     """A finalized bundle whose iterations after ``warmup`` take ``iter_s`` seconds (sec/it their median)."""
     b = bundle_mod.Bundle.create(out, recipe="tiny", preset=preset, group=group)
     times = [iter_s[0]] * warmup + list(iter_s)
@@ -35,6 +36,8 @@ def make_bundle(out: Path, iter_s: list[float], *, preset: str = "baseline", gro
                  **(host or {})}})
     b.write_yaml("recipe.yaml", RECIPE)
     b.write_yaml("preset.yaml", {"name": preset})
+    for name, doc in (extra or {}).items():
+        b.write_json(name, doc)
     b.finalize(status)
     return b.path
 
