@@ -11,11 +11,19 @@
    do not change the experiment but may move the numbers (CPU model, core count, torch, kit
    commit, threads per rank) are printed as notes. ``--force`` runs anyway (and still exits 4).
 4. The run writes a new bundle (with ``reproduce.json`` naming the original) and its metrics
-   are compared with the original's, each within a printed tolerance: for timing (sec/it,
-   TFLOPs; default 25%: shared machines are noisy) the symmetric ratio max(new/old, old/new)
-   - 1, so the two always agree (sec/it -72% is TFLOPs +258%: both are a factor of 3.6);
-   ``inf`` leaves timing unjudged (a loaded machine cannot fail it); memory relative
-   (default 25%); the final loss absolute (default 1e-3: same seed, same data, same code).
+   are compared with the original's, each within a printed tolerance.
+   Numerics: the whole loss curve, iteration by iteration, within an absolute tolerance
+   (default 1e-3: same seed, same data, same code give the same losses), and the same
+   iterations logged; a change that is fast but wrong cannot pass. The final loss is
+   shown as well.
+   Speed: sec/it (and TFLOPs, its inverse: the two always agree) is judged by
+   :mod:`kit.results.judge` (the ratio, its interval over the two runs' iterations, and
+   this host's noise floor from ``kit noise``). It differs when the ratio is beyond the
+   tolerance, a factor either way (default 25%: sec/it -72% is TFLOPs +258%, both a
+   factor of 3.6), *unless* the verdict, with a noise floor, calls it within noise: on a
+   host whose identical runs differ by 1.5x, a 1.3x re-run is noise. Without a floor the
+   tolerance alone decides, and the line says so. ``inf`` leaves timing unjudged (a loaded
+   machine cannot fail it). Memory: relative (default 25%).
 
 Exit codes: 0 reproduced within tolerance; 1 the bundle does not verify, or a metric
 differs beyond its tolerance; 2 bad input; 3 the new run failed or stalled; 4 the
@@ -35,26 +43,28 @@ from rich.console import Console
 from kit import bundle as bundle_mod, metricdefs
 from kit.errors import KitError
 from kit.errors import EXIT_FAILED, EXIT_NOT_READY, EXIT_OK, EXIT_STALLED
-from kit.results import VerificationFailed, store
+from kit.results import VerificationFailed, judge, store
 
 REPRODUCE_FILE = "reproduce.json"
 
 
 @dataclass
 class Tolerance:
-    """One tolerance per kind of metric (``kit.metricdefs``: each metric's ``reproduce`` kind)."""
+    """One tolerance per kind of metric (``kit.metricdefs``: each metric's ``reproduce`` kind);
+    the loss tolerance also holds at every iteration of the loss curve."""
 
-    timing: float = 0.25  # a factor either way (symmetric ratio); inf: not judged
+    timing: float = 0.25  # a factor either way (symmetric ratio), unless a verdict calls it noise; inf: not judged
     memory: float = 0.25  # relative
-    loss: float = 1e-3  # absolute
+    loss: float = 1e-3  # absolute, the final loss and the loss at every iteration
 
     def describe(self) -> str:
         def names(kind: str) -> str:
             return ", ".join(m.title for m in metricdefs.reproduced() if m.reproduce == kind)
 
         timing = (f"timing ({names('timing')}) not judged" if math.isinf(self.timing)
-                  else f"timing ({names('timing')}) within a factor of {1 + self.timing:.3g} either way")
-        return f"{timing}, {names('memory')} within {self.memory:.0%}, {names('loss')} within {self.loss:g} (absolute)"
+                  else f"timing ({names('timing')}) within a factor of {1 + self.timing:.3g} either way or within noise")
+        return (f"{timing}, {names('memory')} within {self.memory:.0%}, {names('loss')} within {self.loss:g} (absolute), "
+                f"loss curve within {self.loss:g} at every iteration")
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Check:
     new: float | None
     tolerance: str
     ok: bool | None  # None: not comparable (not measured in one of the runs)
+    note: str = ""  # what the judgement rests on (the verdict, the loss curve's largest difference)
 
     def line(self) -> str:
         def n(x):
@@ -72,7 +83,8 @@ class Check:
         verdict = {True: "ok", False: "DIFFERS", None: "not compared"}[self.ok]
         if self.tolerance == "not judged" and self.ok:
             verdict = "not judged"
-        return f"  {self.name:<14} {n(self.old):>12} {n(self.new):>12} {rel:>8}  {self.tolerance:<12} {verdict}"
+        return (f"  {self.name:<14} {n(self.old):>12} {n(self.new):>12} {rel:>8}  {self.tolerance:<12} {verdict}"
+                + (f"  ({self.note})" if self.note and self.tolerance != "not judged" else ""))
 
 
 def _judge(judge: metricdefs.Judge, a: float | None, b: float | None, tol: float) -> tuple[str, bool | None]:
@@ -86,14 +98,58 @@ def _judge(judge: metricdefs.Judge, a: float | None, b: float | None, tol: float
     return f"±{tol:g}", None if a is None or b is None else abs(b - a) <= tol
 
 
-def compare_metrics(old: dict[str, Any], new: dict[str, Any], tol: Tolerance) -> list[Check]:
-    """The original's summary against the new one's, metric by metric (those ``kit.metricdefs``
-    marks for reproduce, each judged by the rule of its kind)."""
+def loss_curve(old: dict[str, Any], new: dict[str, Any]) -> dict[int, tuple[float | None, float | None]]:
+    """Iteration -> (old loss, new loss) over the iterations either run logged."""
+    def series(doc):
+        return {it["iteration"]: it.get("loss") for it in doc.get("iterations") or []
+                if isinstance(it, dict) and isinstance(it.get("iteration"), int)}
+    a, b = series(old), series(new)
+    return {i: (a.get(i), b.get(i)) for i in sorted(set(a) | set(b))}
+
+
+def _curve_check(old: dict[str, Any], new: dict[str, Any], tol: Tolerance) -> Check:
+    curve = loss_curve(old, new)
+    pairs = {i: ab for i, ab in curve.items() if None not in ab}
+    if not pairs:
+        return Check("loss_curve", None, None, f"±{tol.loss:g} each", None, "no losses logged")
+    missing = [i for i, ab in curve.items() if None in ab]
+    worst = max(pairs, key=lambda i: abs(pairs[i][1] - pairs[i][0]))
+    delta = abs(pairs[worst][1] - pairs[worst][0])
+    note = f"{len(pairs)} iterations, largest |difference| {delta:.3g} at iteration {worst}"
+    if missing:
+        note += f"; iteration(s) {', '.join(map(str, missing[:5]))} logged by one run only"
+    return Check("loss_curve", pairs[worst][0], pairs[worst][1], f"±{tol.loss:g} each", delta <= tol.loss and not missing,
+                 note)
+
+
+def _timing_ok(within: bool | None, judgement) -> tuple[bool | None, str]:
+    """Within the tolerance factor, or called within noise by a verdict with a noise floor."""
+    if within is None or judgement is None:
+        return within, ""
+    text = f"{judgement.verdict}" + (f"; {judgement.reasons[0]}" if judgement.reasons else "")
+    if judgement.floor is not None and judgement.verdict == "within noise":
+        return True, text
+    if judgement.floor is None and judgement.basis != "runs":
+        text += "; judged by the tolerance alone"
+    return within, text
+
+
+def compare_metrics(old: dict[str, Any], new: dict[str, Any], tol: Tolerance,
+                    timing: judge.Judging | None = None) -> list[Check]:
+    """The original's metrics document against the new one's: the summary metric by metric
+    (those ``kit.metricdefs`` marks for reproduce, each judged by the rule of its kind; timing
+    with ``timing``, kit compare's judging of the two), then the loss curve iteration by iteration."""
     checks = []
+    so, sn = old.get("summary") or {}, new.get("summary") or {}
     for m in metricdefs.reproduced():
-        a, b = old.get(m.name), new.get(m.name)
+        a, b = so.get(m.name), sn.get(m.name)
         t, ok = _judge(metricdefs.REPRODUCE_KINDS[m.reproduce], a, b, getattr(tol, m.reproduce))
-        checks.append(Check(m.name, a, b, t, ok))
+        note = ""
+        if m.reproduce == "timing" and not math.isinf(tol.timing):
+            mj = timing.get(m.name) if timing else None
+            ok, note = _timing_ok(ok, mj.judgement if mj else None)
+        checks.append(Check(m.name, a, b, t, ok, note))
+    checks.append(_curve_check(old, new, tol))
     return checks
 
 
@@ -296,7 +352,8 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console,
     new_digest = (new_docs.provenance.get("runtime") or {}).get("digest")
     if old_digest and new_digest != old_digest:
         pf.mismatches.append(f"image: the run used digest {new_digest}, the bundle ran {old_digest}")
-    res.checks = compare_metrics(docs.metrics.get("summary") or {}, new_docs.metrics.get("summary") or {}, tol)
+    judging = judge.judge(judge.Side(str(bundle), [docs]), judge.Side(str(outcome.bundle.path), [new_docs]))
+    res.checks = compare_metrics(docs.metrics, new_docs.metrics, tol, judging)
     console.print(f"\n  {'metric':<14} {'original':>12} {'new':>12} {'change':>8}  {'tolerance':<12} verdict", highlight=False, markup=False)
     for c in res.checks:
         console.print(c.line(), highlight=False, markup=False)
