@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow
 SHORT = ["--set", "train.iters=4", "--set", "train.warmup_iters=1"]
 
 
-def test_noise_runs_a_group_and_stores_its_spread(tmp_path):
-    env = {"KIT_CACHE_DIR": str(tmp_path / "cache")}
+def test_noise_runs_a_group_and_stores_its_spread(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))  # for the kit here and in the subprocesses
+    env = {}
     proc = kit_cli("noise", "tiny", "--preset", "baseline", *SHORT, "--repeat", "2", "--out", str(tmp_path / "res"), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     groups = [p for p in (tmp_path / "res").iterdir() if p.is_dir()]
