@@ -17,7 +17,7 @@ from typing import Any
 
 from kit.results.humanize import setting_text, value_text
 from kit.results import judge as judge_mod
-from kit.results.store import BundleDocs
+from kit.results.store import BundleDocs, dotted as _get
 from kit.textsafe import terminal
 
 PLAN_KEYS = ("recipe", "recipe_sha256", "presets", "preset_sha256", "overrides", "launcher", "runtime", "image", "nodes",
@@ -55,13 +55,6 @@ class Comparison:
         return seen
 
 
-def _get(d: dict[str, Any] | None, dotted: str) -> Any:
-    node: Any = d or {}
-    for part in dotted.split("."):
-        if not isinstance(node, dict):
-            return None
-        node = node.get(part)
-    return node
 
 
 def _blas_core(software: dict) -> Any:

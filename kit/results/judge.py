@@ -31,7 +31,7 @@ from typing import Any
 from kit import bundle as bundle_mod, metricdefs, noise, verdict
 from kit.errors import KitError
 from kit.results import VerificationFailed, store
-from kit.results.store import BundleDocs
+from kit.results.store import BundleDocs, dotted as _get
 
 TIMING = "sec_per_iter"
 INVERSE_OF_TIMING = ("tflops", "tflops_per_rank", "est_aggr_pflops", "samples_per_sec", "tokens_per_sec")

@@ -37,6 +37,14 @@ class BundleDocs:
         return self.manifest.get("status", "?")
 
 
+def dotted(doc: dict[str, Any] | None, key: str) -> Any:
+    """``doc["a"]["b"]`` for ``"a.b"``; None where a part is missing or not a mapping."""
+    node: Any = doc or {}
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def is_bundle(path: Path) -> bool:
     """A directory (not a link) holding a manifest (not a link either)."""
     m = path / bundle_mod.MANIFEST
