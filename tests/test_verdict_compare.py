@@ -101,3 +101,12 @@ def test_failed_runs_of_a_group_are_left_out(tmp_path):
     make_bundle(a, [9.0, 9.0, 9.0], group="group-a", status="failed")
     side = judge.load_side(a)
     assert len(side.bundles) == 6 and len(side.ok) == 5 and max(side.values("sec_per_iter")) < 2
+
+
+def test_what_a_bundle_says_is_escaped_in_the_verdict_lines(tmp_path):
+    a = make_bundle(tmp_path, [1.0, 1.0, 1.0])
+    b = make_bundle(tmp_path, [1.0, 1.0, 1.0], host={"cpu_model": "\x1b]0;pwned\x07Xeon"}, plan={"recipe": "t\u202einy"})
+    proc = kit_cli("compare", str(a), str(b))
+    assert proc.returncode == 0, proc.stderr
+    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("not comparable:"))
+    assert "\\x1b]0;pwned\\x07Xeon" in line and "\x1b" not in proc.stdout and "\u202e" not in proc.stdout

@@ -32,6 +32,7 @@ from kit import bundle as bundle_mod, metricdefs, noise, verdict
 from kit.errors import KitError
 from kit.results import VerificationFailed, store
 from kit.results.store import BundleDocs, dotted as _get
+from kit.textsafe import terminal
 
 TIMING = "sec_per_iter"
 INVERSE_OF_TIMING = ("tflops", "tflops_per_rank", "est_aggr_pflops", "samples_per_sec", "tokens_per_sec")
