@@ -9,7 +9,7 @@ import math
 
 import pytest
 
-from kit import noise
+from kit import bundle as bundle_mod, noise
 from kit.results import compare, judge
 from conftest import kit_cli
 from verdict_bundles import make_bundle, make_group
@@ -101,6 +101,9 @@ def test_failed_runs_of_a_group_are_left_out(tmp_path):
     make_bundle(a, [9.0, 9.0, 9.0], group="group-a", status="failed")
     side = judge.load_side(a)
     assert len(side.bundles) == 6 and len(side.ok) == 5 and max(side.values("sec_per_iter")) < 2
+    bundle_mod.Bundle.create(a, recipe="tiny", preset="baseline", group="group-a")  # a repeat still running
+    side = judge.load_side(a)
+    assert len(side.bundles) == 6 and len(side.left_out) == 1 and "1 left out" in side.describe()
 
 
 def test_what_a_bundle_says_is_escaped_in_the_verdict_lines(tmp_path):

@@ -49,6 +49,7 @@ class Side:
     label: str
     bundles: list[BundleDocs]
     group: str | None = None
+    left_out: list[str] = field(default_factory=list)  # a group's bundles that could not be read (still running)
 
     @property
     def ok(self) -> list[BundleDocs]:
@@ -79,6 +80,8 @@ class Side:
     def describe(self) -> str:
         n, ok = len(self.bundles), len(self.ok)
         what = f"group {self.group}, {ok} of {n} run(s) ok" if self.group else f"{self.bundles[0].id} ({self.bundles[0].status})"
+        if self.left_out:
+            what += f", {len(self.left_out)} left out (unfinished or unreadable)"
         return f"{what}  {self.label}"
 
 
