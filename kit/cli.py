@@ -179,6 +179,7 @@ def noise_cmd(
     repeat: Annotated[int, typer.Option(min=2, help="identical runs to measure")] = 5,
     out: Annotated[Path, typer.Option(help="results directory (the runs are OUT/<group>/)")] = Path("results"),
     show: Annotated[bool, typer.Option("--show", help="print the stored floor for this host and recipe; run nothing")] = False,
+    as_json: JsonOpt = False,
 ):
     """This host's noise floor for a recipe: N identical runs, by how much they differ (stored; compare and reproduce use it)."""
     from kit import hostinfo, noise, repeat as repeat_mod
@@ -189,11 +190,17 @@ def noise_cmd(
         if rec is None:
             raise KitError(f"no noise floor stored for {plan.recipe_name} on this host", where="kit noise --show",
                            fix=f"measure one: kit noise {recipe}" + "".join(f" --set {s}" for s in set_ or []))
-        console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
+        if as_json:
+            _print_json(rec)
+        else:
+            console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
         return
-    group, path = repeat_mod.measure_noise(plan, repeat, out, console)
+    group, path = repeat_mod.measure_noise(plan, repeat, out, err if as_json else console)
     if path is None:
         err.print("kit: noise floor not stored: fewer than 2 runs finished", highlight=False, markup=False)
+    if as_json:
+        _print_json({"group": group.group, "path": str(group.path), "stored": str(path) if path else None,
+                     "record": json.loads(path.read_text()) if path else None}, one_line=True)
     raise typer.Exit(group.exit_code)
 
 

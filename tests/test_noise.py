@@ -14,11 +14,10 @@ from kit import bundle as bundle_mod
 from kit.results import judge, store
 from conftest import kit_cli
 
-pytestmark = pytest.mark.slow
-
 SHORT = ["--set", "train.iters=4", "--set", "train.warmup_iters=1"]
 
 
+@pytest.mark.slow
 def test_noise_runs_a_group_and_stores_its_spread(tmp_path, monkeypatch):
     monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))  # for the kit here and in the subprocesses
     env = {}
@@ -41,9 +40,29 @@ def test_noise_runs_a_group_and_stores_its_spread(tmp_path, monkeypatch):
     assert stored[0].parent.name == host
     shown = kit_cli("noise", "tiny", *SHORT, "--show", env=env)
     assert shown.returncode == 0 and "noise floor of tiny on" in shown.stdout and "2 runs" in shown.stdout
+    assert json.loads(kit_cli("noise", "tiny", *SHORT, "--show", "--json", env=env).stdout) == rec
     # another recipe value: no floor stored for it
     other = kit_cli("noise", "tiny", "--set", "train.iters=5", "--show", env=env)
     assert other.returncode == 2 and "no noise floor stored" in other.stderr
     # kit compare of the group's two runs reads the floor it was measured with
     j = judge.judge(judge.load_side(bundles[0]), judge.load_side(bundles[1]))
     assert j.noise and j.get("sec_per_iter").judgement.floor == pytest.approx(spi[1] / spi[0])
+
+
+def test_show_reads_this_hosts_floor_for_the_resolved_recipe(tmp_path, monkeypatch):
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    from kit import hostinfo, noise, plan as plan_mod
+
+    plan = plan_mod.resolve(recipe_name="tiny", overrides=["train.iters=4"], preset_names=None)
+    rec = noise.make_record(host=str(hostinfo.describe()["hostname"]), recipe="tiny",
+                            recipe_sha256=plan.summary()["recipe_sha256"], presets=["baseline"], group="g",
+                            runs=[{"bundle": "a", "sec_per_iter": 0.4, "peak_mem_mib": 700.0},
+                                  {"bundle": "b", "sec_per_iter": 0.5, "peak_mem_mib": 710.0}])
+    noise.save(rec)
+    proc = kit_cli("noise", "tiny", "--set", "train.iters=4", "--show", "--json")
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["metrics"]["sec_per_iter"]["floor"] == pytest.approx(math.log(1.25)) and got["runs"] == 2
+    text = kit_cli("noise", "tiny", "--set", "train.iters=4", "--show").stdout
+    assert "sec_per_iter x1.250" in text and "peak_mem_mib x1.014" in text
+    assert kit_cli("noise", "tiny", "--show").returncode == 2  # the recipe as resolved without the override: none
