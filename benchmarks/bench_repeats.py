@@ -36,6 +36,7 @@ def main() -> int:
     p.add_argument("--json", default=None)
     a = p.parse_args()
     presets = a.presets.split(",")
+    started = machine()  # the machine and its load when the runs start, not when they end
     plans = {pr: plan_mod.resolve(recipe_name=a.recipe, overrides=a.sets, preset_names=[pr]) for pr in presets}
     groups = {pr: repeat.new_group_id(plans[pr]) for pr in presets}
     runs: dict[str, list[dict]] = {pr: [] for pr in presets}
@@ -50,7 +51,7 @@ def main() -> int:
             if o.status != "ok":
                 return 1
     print(json.dumps({pr: str(a.out / g) for pr, g in groups.items()}, indent=1))
-    write_json(a.json, {"machine": machine(), "recipe": a.recipe, "sets": a.sets, "groups": groups, "runs": runs})
+    write_json(a.json, {"machine": started, "recipe": a.recipe, "sets": a.sets, "groups": groups, "runs": runs})
     return 0
 
 
