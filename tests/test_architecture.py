@@ -119,13 +119,13 @@ def test_cycle_finder_finds_a_cycle():
 # the layers, from the top down (ARCHITECTURE.md); a module may import only its own layer or lower
 LAYERS: list[tuple[str, ...]] = [
     ("kit.cli", "kit.__main__", "kit.results.cli", "kit.image.cli"),
-    ("kit.sweep", "kit.reproduce"),
+    ("kit.sweep", "kit.reproduce", "kit.repeat"),
     ("kit.runner",),
     ("kit.jobs",),
     ("kit.execute", "kit.finalize"),
     ("kit.outcome",),
 ]
-RESULTS_READ_ONLY = ("kit.runner", "kit.execute", "kit.finalize", "kit.jobs", "kit.sweep", "kit.reproduce")
+RESULTS_READ_ONLY = ("kit.runner", "kit.execute", "kit.finalize", "kit.jobs", "kit.sweep", "kit.reproduce", "kit.repeat")
 
 
 def _layer(module: str) -> int | None:
