@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from kit import logparse, metricdefs, metrics, reproduce, table
-from kit.results import compare, plots, report
+from kit.results import judge, plots, report
 
 
 def _records():
@@ -32,10 +32,11 @@ def test_parser_names_come_from_the_log_field_declarations():
 
 
 def test_every_list_of_metrics_reads_the_declarations():
-    assert compare.METRICS == tuple(m.name for m in metricdefs.METRICS if m.compare)
-    assert "sec_per_iter" in compare.METRICS and "duration_s" in compare.METRICS
+    judged = {judge.TIMING, judge.MEMORY, *judge.INVERSE_OF_TIMING}
+    assert judged | set(judge.shown()) == {m.name for m in metricdefs.METRICS if m.compare}
+    assert "duration_s" in judge.shown() and not judged & set(judge.shown())
     assert {c.name for c in reproduce.compare_metrics({}, {}, reproduce.Tolerance())} == \
-        {"sec_per_iter", "tflops", "peak_mem_mib", "final_loss"}
+        {"sec_per_iter", "tflops", "peak_mem_mib", "final_loss", "loss_curve"}
     assert [c[2] for c in plots.CHARTS] == ["sec_per_iter.png", "tflops.png", "memory.png"]
     assert all(m.column in report.CSV_COLUMNS for m in metricdefs.METRICS if m.column)
 
@@ -51,16 +52,16 @@ def test_a_new_declaration_reaches_row_csv_compare_and_show(monkeypatch):
     f = table.row_fields({"status": "ok"}, {"summary": {"widgets": 3}}, prov)
     assert f["widgets"] == 3
     assert table.row_fields({"status": "stalled"}, {"summary": {"widgets": 3}}, prov)["widgets"] is None
-    d = compare.MetricDelta("widgets", 2.0, 3.0)
-    assert d.verdict() == "better"
+    assert "widgets" in judge.shown()  # compare lists it (shown with its ratio)
     assert dataclasses.replace(new, better="lower").better == "lower"
 
 
 def test_compare_verdicts_follow_the_declared_direction():
-    assert compare.MetricDelta("sec_per_iter", 1.0, 0.5).verdict() == "better"
-    assert compare.MetricDelta("tflops", 1.0, 0.5).verdict() == "worse"
-    assert compare.MetricDelta("final_loss", 1.0, 0.5).verdict() == ""  # a loss change is not a verdict
-    assert compare.MetricDelta("peak_mem_mib", 100.0, 100.1).verdict() == ""  # under 0.5%
+    """kit compare judges sec/it (lower is better), its inverses (higher is better) and memory
+    (lower is better): the declarations say the same."""
+    assert metricdefs.BY_NAME[judge.TIMING].better == "lower" and metricdefs.BY_NAME[judge.MEMORY].better == "lower"
+    assert {metricdefs.BY_NAME[m].better for m in judge.INVERSE_OF_TIMING} == {"higher"}
+    assert "final_loss" in judge.shown()  # shown, not judged: numerics are reproduce's
 
 
 def test_table_cells_use_the_declared_formats():

@@ -37,8 +37,11 @@ from kit.textsafe import terminal
 TIMING = "sec_per_iter"
 INVERSE_OF_TIMING = ("tflops", "tflops_per_rank", "est_aggr_pflops", "samples_per_sec", "tokens_per_sec")
 MEMORY = "peak_mem_mib"
-#: shown with their ratio, not judged: every other metric kit.metricdefs declares for compare
-SHOWN = tuple(m.name for m in metricdefs.compared() if m.name not in (TIMING, MEMORY, *INVERSE_OF_TIMING))
+
+
+def shown() -> tuple[str, ...]:
+    """Shown with their ratio, not judged: every other metric ``kit.metricdefs`` declares for compare."""
+    return tuple(m.name for m in metricdefs.compared() if m.name not in (TIMING, MEMORY, *INVERSE_OF_TIMING))
 LAYOUT_KEYS = ("nodes", "world_size", "ranks_per_node", "dp", "tp", "pp", "zero", "micro_batch", "global_batch")
 HARDWARE_KEYS = ("cpu_model", "arch", "usable_cpus", "numa_nodes")
 SOFTWARE_KEYS = ("python", "torch", "deepspeed")
@@ -207,7 +210,7 @@ def judge(a: Side, b: Side) -> Judging:
             basis = "runs" if verdict.interval_exists(len(ma), len(mb)) else "values"
             mem = verdict.decide(ma, mb, basis=basis, floor=_floor(j.noise, MEMORY), words=("smaller", "larger"))
         j.metrics.append(MetricJudgement(MEMORY, median(ma), median(mb), mem))
-    for m in SHOWN:
+    for m in shown():
         if a.values(m) or b.values(m):
             j.metrics.append(MetricJudgement(m, med(a, m), med(b, m)))
     return j
