@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from kit import energy, metrics, monitor, table
-from kit.results import compare, plots, report
+from kit.results import plots, report
 from conftest import FAST, STANDINS, bundle_from_output, kit_cli, load
 
 sys.path.insert(0, str(STANDINS))
@@ -237,10 +237,21 @@ def test_report_adds_energy_columns_only_where_measured(tmp_path):
                                                                  tmp_path / "none")
 
 
-def test_compare_judges_energy_like_any_metric():
-    assert compare.MetricDelta("energy_j_per_iter", 100.0, 90.0).verdict() == "better"
-    assert compare.MetricDelta("tokens_per_j", 100.0, 90.0).verdict() == "worse"
-    assert {"energy_j", "energy_j_per_iter", "tokens_per_j", "avg_power_w"} <= set(compare.METRICS)
+def test_compare_judges_energy_like_any_metric(tmp_path, monkeypatch):
+    """By its declared direction, over the runs of two groups (kit.results.judge)."""
+    monkeypatch.setenv("KIT_CACHE_DIR", str(tmp_path / "cache"))
+    from kit.results import judge
+    from verdict_bundles import make_group
+
+    runs = [[1.0, 1.0]] * 5
+    a = make_group(tmp_path, runs, group="ga", summary={"energy_j_per_iter": 100.0, "tokens_per_j": 10.0, "energy_j": 1.0,
+                                                         "avg_power_w": 50.0})
+    b = make_group(tmp_path, runs, group="gb", summary={"energy_j_per_iter": 90.0, "tokens_per_j": 9.0, "energy_j": 1.0,
+                                                         "avg_power_w": 50.0})
+    j = judge.judge(judge.load_side(a), judge.load_side(b))
+    assert j.get("energy_j_per_iter").judgement.verdict == "better" and j.get("tokens_per_j").judgement.verdict == "worse"
+    assert {"energy_j", "energy_j_per_iter", "tokens_per_j", "avg_power_w"} <= set(judge.shown())
+    assert j.get("final_loss").judgement is None  # no better direction: shown, not judged
 
 
 # -- a real run against a made-up powercap tree ---------------------------------------------------

@@ -13,7 +13,7 @@ RECIPE = {"model": {"layers": 2, "hidden": 128, "heads": 4, "vocab": 50257, "seq
 def make_bundle(out: Path, iter_s: list[float], *, preset: str = "baseline", group: str | None = None,
                 status: str = "ok", warmup: int = 1, plan: dict | None = None, host: dict | None = None,
                 software: dict | None = None, mem: float = 700.0, losses: list[float] | None = None,
-                extra: dict[str, dict] | None = None) -> Path:
+                extra: dict[str, dict] | None = None, summary: dict | None = None) -> Path:
     """A finalized bundle whose iterations after ``warmup`` take ``iter_s`` seconds (sec/it their median)."""
     b = bundle_mod.Bundle.create(out, recipe="tiny", preset=preset, group=group)
     times = [iter_s[0]] * warmup + list(iter_s)
@@ -23,7 +23,7 @@ def make_bundle(out: Path, iter_s: list[float], *, preset: str = "baseline", gro
     spi = timed[n // 2] if n % 2 else (timed[n // 2 - 1] + timed[n // 2]) / 2
     summary = {"warmup_iters": warmup, "iterations_timed": n, "iterations_logged": len(times), "sec_per_iter": spi,
                "tflops": 1.0 / spi, "tflops_per_rank": 1.0 / spi, "samples_per_sec": 8 / spi, "peak_mem_mib": mem,
-               "final_loss": losses[-1], "status": status}
+               "final_loss": losses[-1], "status": status, **(summary or {})}
     iterations = [{"iteration": i + 1, "elapsed_ms": t * 1000, "loss": losses[i]} for i, t in enumerate(times)]
     b.write_json("metrics.json", {"summary": summary, "iterations": iterations})
     p = {"recipe": "tiny", "recipe_sha256": "r" * 64, "overrides": [], "presets": [preset], "preset_sha256": preset,

@@ -10,7 +10,10 @@ directory whose bundles share one group id). Only its finished (``ok``) runs are
   layout, so they get its judgement inverted: the two can never disagree.
 - Peak memory: over the runs when there are enough, else the medians against the noise
   floor of memory (``smaller`` / ``larger``).
-- Final loss, iterations, duration: shown with their ratio, not judged (numerics are
+- Every other metric ``kit.metricdefs`` declares for compare: with a better direction
+  (energy, power, duration, fastest/slowest iteration) judged over the runs when there are
+  enough (``better`` / ``worse``), else ``within noise`` (no noise floor is kept for them);
+  without one (the final loss, counts) shown with its ratio, not judged (numerics are
   ``kit reproduce``'s to judge).
 
 ``not comparable`` when the sides differ in what the numbers measure, each difference
@@ -40,7 +43,8 @@ MEMORY = "peak_mem_mib"
 
 
 def shown() -> tuple[str, ...]:
-    """Shown with their ratio, not judged: every other metric ``kit.metricdefs`` declares for compare."""
+    """Every other metric ``kit.metricdefs`` declares for compare (judged by its declared
+    direction where it has one, else shown with its ratio)."""
     return tuple(m.name for m in metricdefs.compared() if m.name not in (TIMING, MEMORY, *INVERSE_OF_TIMING))
 LAYOUT_KEYS = ("nodes", "world_size", "ranks_per_node", "dp", "tp", "pp", "zero", "micro_batch", "global_batch")
 HARDWARE_KEYS = ("cpu_model", "arch", "usable_cpus", "numa_nodes")
@@ -211,8 +215,16 @@ def judge(a: Side, b: Side) -> Judging:
             mem = verdict.decide(ma, mb, basis=basis, floor=_floor(j.noise, MEMORY), words=("smaller", "larger"))
         j.metrics.append(MetricJudgement(MEMORY, median(ma), median(mb), mem))
     for m in shown():
-        if a.values(m) or b.values(m):
-            j.metrics.append(MetricJudgement(m, med(a, m), med(b, m)))
+        va, vb = a.values(m), b.values(m)
+        if not (va or vb):
+            continue
+        better = metricdefs.BY_NAME[m].better
+        jd = None  # a metric without a better direction (the loss, counts) is shown, not judged
+        if better and va and vb:
+            jd = (verdict.not_comparable(j.not_comparable, va, vb) if j.not_comparable else verdict.decide(
+                va, vb, basis="runs" if verdict.interval_exists(len(va), len(vb)) else "values",
+                lower_is_better=better == "lower", words=("better", "worse")))
+        j.metrics.append(MetricJudgement(m, med(a, m), med(b, m), jd))
     return j
 
 
