@@ -17,8 +17,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from kit import bundle as bundle_mod
-from kit.errors import EXIT_FAILED, EXIT_OK, KitError
+from kit.errors import EXIT_FAILED, EXIT_OK
 from kit.results import VerificationFailed
 from kit.textsafe import terminal
 
