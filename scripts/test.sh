@@ -32,8 +32,8 @@ if [ "${KIT_TEST_IMAGES:-1}" = 1 ] && command -v podman >/dev/null; then
   echo "test.sh: images ready in $(( $(date +%s) - t0 ))s"
   export CONTAINERS_CONF="$KIT_CI_CACHE/containers.conf"
   # The multi-node cluster (tests/test_multinode.py): 4 node containers + a controller on an
-  # internal podman network, from the x86_64 image just built. KIT_TEST_CLUSTER=0 skips it
-  # (the multi-node tests then start it themselves, or skip saying why).
+  # internal podman network, from the x86_64 image just built. KIT_TEST_CLUSTER=0 leaves it
+  # out (the multi-node tests then skip, saying so).
   if [ "${KIT_TEST_CLUSTER:-1}" = 1 ] && command -v sbatch >/dev/null; then
     t0=$(date +%s)
     ci_step "multi-node cluster: .ci/cluster.sh start 4"
