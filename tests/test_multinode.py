@@ -105,9 +105,12 @@ def node_names(env: dict[str, str], n: int) -> list[str]:
 
 
 def out_dir(env: dict[str, str], tmp_path: Path) -> str:
-    d = Path(env["KIT_CLUSTER_SHARED"]) / "results" / tmp_path.name
-    d.mkdir(parents=True, exist_ok=True)
-    return str(d)
+    """A new directory under the shared one (never an earlier session's: a sweep would resume it)."""
+    import tempfile
+
+    base = Path(env["KIT_CLUSTER_SHARED"]) / "results"
+    base.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkdtemp(prefix=f"{tmp_path.name}-", dir=base)
 
 
 def check_multinode_bundle(env: dict[str, str], b: Path, *, nodes: int, ranks_per_node: int) -> dict:
