@@ -164,8 +164,10 @@ class _Watch:
     within the stall limit (the start-up limit before the first), collecting stacks first.
     """
 
-    def __init__(self, plan: Plan, b: Bundle, launcher, view: ProgressView):
+    def __init__(self, plan: Plan, b: Bundle, launcher, view: ProgressView,
+                 remote_stacks: Callable[[], dict[str, str]] | None = None):
         self.plan, self.b, self.launcher, self.view = plan, b, launcher, view
+        self.remote_stacks = remote_stacks
         self.records: list[IterationRecord] = []
         self._lock = threading.Lock()
         self._last_progress = time.monotonic()
@@ -206,6 +208,8 @@ class _Watch:
                 self.view.status(f"stalled: {what}; collecting stacks…")
                 stacks = dump_stacks(monitor.pids(), self.b.logs / "stacks",
                                      faulthandler_signal="kit.workload" in self.plan.rank_argv)
+                if self.remote_stacks is not None:  # the ranks on the job's other nodes
+                    stacks.update(self.remote_stacks())
                 _stop_run(proc, monitor, self.b.id)
                 return "stalled", what, stacks
 
@@ -227,11 +231,15 @@ def _verdict(rc: int | None, records: list[IterationRecord], expected: int,
 
 def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | None = None,
             extra_provenance: dict[str, Any] | None = None,
-            remote_monitors: Callable[[], list[dict[str, Any]]] | None = None) -> Outcome:
+            remote_monitors: Callable[[], list[dict[str, Any]]] | None = None,
+            remote_stacks: Callable[[], dict[str, str]] | None = None, monitor_here: bool = True) -> Outcome:
     """Start and watch the ranks of ``plan`` from here; finalize ``b`` whatever happens.
 
     ``remote_monitors``: called once the ranks have ended, returns the monitor snapshots of
-    the job's other nodes (``kit job-monitor``), merged with this node's.
+    the job's other nodes (``kit job-monitor``), merged with this node's. ``remote_stacks``:
+    called on a stall, takes the stacks of the ranks on the other nodes. ``monitor_here``
+    False: this host is not one of the allocation's nodes (``srun`` from a login node), so
+    no rank is looked for here.
     """
     launcher = launchers.get(launcher_name or plan.launcher)
     rt = runtimes.get(plan.runtime, image=plan.image)
@@ -256,7 +264,7 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         leftovers: list[int] = []
         with ProgressView(plan.recipe.train.iters, plan.recipe.train.warmup_iters, console,
                           f"{plan.recipe_name} [{plan.preset.name}] x{plan.world_size}") as view:
-            watch = _Watch(plan, b, launcher, view)
+            watch = _Watch(plan, b, launcher, view, remote_stacks)
             watch.on_record = monitor.iteration_logged
             with b.log_writer("logs/launcher.log") as log:
                 log.write(f"# kit: {' '.join(cmd.argv)}\n")
@@ -277,7 +285,8 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
                             log.write(f"# kit: no reaper ({guard.why_not}): were the kit killed, its ranks would "
                                       "have to be stopped by hand\n")
                         monitor.on_pids = guard.ranks
-                        monitor.start()
+                        if monitor_here:
+                            monitor.start()
                         # the software inventory overlaps the ranks' start-up (or is read from its cache)
                         software_job = _Background(rt.inspect_software)
                         reader = threading.Thread(target=watch.follow, args=(proc, log), name="kit-log-reader",
@@ -301,7 +310,8 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
         if leftovers:
             note = f"{len(leftovers)} rank process(es) outlived the launcher and were stopped by the kit"
             status, reason = ("failed", note) if status == "ok" else (status, f"{reason}; {note}")
-        monitors = [monitor.snapshot(), *(remote_monitors() if remote_monitors else [])]
+        others = remote_monitors() if remote_monitors else []
+        monitors = [monitor.snapshot(), *others] if monitor_here or not others else others
         return finalize(RunRecord(
             plan=plan, bundle=b, runtime=rt, status=status, reason=reason, records=watch.records, monitors=monitors,
             rank_failures=rank_failures, device_memory=logparse.device_memory_peaks(log_text.splitlines()),

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from rich.console import Console
 from kit import bundle as bundle_mod, energy, hostinfo, known_bad, launchers, proc, reaper, runtimes, schedulers
 from kit.bundle import FINAL_STATUSES, Bundle
 from kit.errors import EXIT_NOT_READY, KitError
-from kit.execute import execute
+from kit.execute import dump_stacks, execute
 from kit.finalize import RunRecord, finalize
 from kit.launchers.common import allocation_nodes
 from kit.logparse import device_memory_peaks, parse_lines
@@ -51,6 +52,10 @@ from kit.schedulers import JobState, Scheduler
 JOB_SCRIPT = "job/job.sh"
 JOB_JSON = "job/job.json"
 MONITOR_DIR = "monitor"
+STACKS_REQUEST = "stacks.request"  # in monitor/: the head node asks every job-monitor for its ranks' stacks
+STACKS_TAKEN = "monitor/stacks"  # each job-monitor's answer: <host>.json, {rank: how the stack was taken}
+STACKS_POLL_S = 1.0  # how often a job-monitor looks for that request
+STACKS_WAIT_S = 30.0  # how long the head node waits for the other nodes' stacks
 POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
 #: how long `kit collect` lets the kit inside an ended job finish finalizing the bundle itself
 COLLECT_GRACE_S = float(os.environ.get("KIT_COLLECT_GRACE_S", "60"))
@@ -140,24 +145,42 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
                             "kit_pid": os.getpid(), "kit_started": proc.identity()["started"]})
     b.set_status("running", f"{plan.launcher} job {job_id} running on {', '.join(nodes)}")
 
-    step = _start_node_monitors(plan, bundle_dir, scheduler, head, b.id)
     # this node's ranks, written every few seconds: what `kit collect` keeps if the job dies
     keeper = _SnapshotWriter(bundle_dir, plan, b.id).start()
-
-    def remote_monitors() -> list[dict[str, Any]]:
-        keeper.stop(write=False)
-        if step is not None:
-            _stop(step, b.id)
-        return read_node_monitors(bundle_dir, exclude={head})
-
-    outcome = execute(plan, b, console, launcher_name=inner, extra_provenance={"job": info},
-                      remote_monitors=remote_monitors)
+    outcome = execute_across_nodes(plan, b, console, inner, scheduler, before_merge=lambda: keeper.stop(write=False),
+                                   extra_provenance={"job": info})
     sys.stdout.flush()
     sys.stderr.flush()
     # what the kit printed after finalizing went to the scheduler's output file in logs/:
     # checksum it too, so that the bundle verifies as it is now
     _refold_scheduler_files(bundle_dir)
     return outcome.exit_code
+
+
+def execute_across_nodes(plan: Plan, b: Bundle, console: Console, inner: str, scheduler: Scheduler | None, *,
+                         before_merge: Callable[[], None] | None = None,
+                         extra_provenance: dict[str, Any] | None = None) -> Outcome:
+    """Start and watch the ranks with the direct launcher ``inner`` (srun, mpirun) from this
+    host, with a ``kit job-monitor`` on each other node of the ``scheduler``'s multi-node
+    allocation: their snapshots are merged into the bundle, and on a stall each takes the
+    stacks of its node's ranks. Used by ``kit job-run`` and by ``kit run --launcher
+    srun|mpirun --nodes N`` in an allocation (this host need not be one of its nodes)."""
+    head = socket.gethostname()
+    step = _start_node_monitors(plan, b.path, scheduler, head, b.id) if scheduler is not None else None
+
+    def remote_monitors() -> list[dict[str, Any]]:
+        if before_merge is not None:
+            before_merge()
+        if step is not None:
+            _stop(step, b.id)
+        return read_node_monitors(b.path, exclude={head})
+
+    def remote_stacks() -> dict[str, str]:
+        return request_node_stacks(b.path, exclude={head}) if step is not None else {}
+
+    return execute(plan, b, console, launcher_name=inner, extra_provenance=extra_provenance,
+                   remote_monitors=remote_monitors, remote_stacks=remote_stacks,
+                   monitor_here=step is None or head in allocation_nodes())
 
 
 class _SnapshotWriter:
@@ -238,8 +261,40 @@ def read_node_monitors(bundle_dir: Path, exclude: set[str] | None = None) -> lis
     return out
 
 
+def request_node_stacks(bundle_dir: Path, exclude: set[str], timeout_s: float = STACKS_WAIT_S) -> dict[str, str]:
+    """Ask every other node's ``kit job-monitor`` (through the shared bundle directory) for
+    the Python stacks of its ranks, and wait for them: {rank: how, with the node}."""
+    bundle_dir = Path(bundle_dir)
+    nodes = {s["node"] for s in read_node_monitors(bundle_dir, exclude=exclude) if s.get("ranks")}
+    bundle_mod.atomic_write(bundle_dir / MONITOR_DIR / STACKS_REQUEST, bundle_mod.now_iso() + "\n")
+    done: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while nodes and time.monotonic() < deadline:
+        for node in sorted(nodes):
+            try:
+                taken = json.loads((bundle_dir / STACKS_TAKEN / f"{node}.json").read_text())
+            except (OSError, ValueError):
+                continue
+            done.update({str(rank): f"{how} on {node}" for rank, how in taken.items()})
+            nodes.discard(node)
+        time.sleep(0.5)
+    done.update({f"node {node}": f"no stacks within {timeout_s:.0f}s" for node in sorted(nodes)})
+    return done
+
+
+def _take_stacks_if_asked(bundle_dir: Path, host: str, mon, plan: Plan) -> bool:
+    """In ``kit job-monitor``: the stacks of this node's ranks, once the head node asks for them."""
+    if not (bundle_dir / MONITOR_DIR / STACKS_REQUEST).is_file():
+        return False
+    taken = dump_stacks(mon.pids(), bundle_dir / "logs" / "stacks",
+                        faulthandler_signal="kit.workload" in plan.rank_argv)
+    bundle_mod.atomic_write(bundle_dir / STACKS_TAKEN / f"{host}.json", bundle_mod.dump_json(taken))
+    return True
+
+
 def monitor_node(bundle_dir: Path, *, head: str | None = None, interval_s: float = 5.0) -> int:
-    """``kit job-monitor``: watch this node's ranks, writing ``monitor/<host>.json`` until stopped."""
+    """``kit job-monitor``: watch this node's ranks, writing ``monitor/<host>.json`` until
+    stopped, and take their stacks when the head node asks (``request_node_stacks``)."""
     bundle_dir = Path(bundle_dir).resolve()
     host = socket.gethostname()
     if head and host == head:
@@ -250,7 +305,10 @@ def monitor_node(bundle_dir: Path, *, head: str | None = None, interval_s: float
     stop = threading.Event()
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda *_: stop.set())
-    stop.wait()
+    stacks_taken = False
+    while not stop.wait(STACKS_POLL_S):
+        if not stacks_taken:
+            stacks_taken = _take_stacks_if_asked(bundle_dir, host, writer.mon, plan)
     writer.stop(write=True)
     return 0
 

@@ -130,7 +130,8 @@ class Monitor:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._energy_sample()
         self.meter.close()
         if self._cpu_start is not None and self._cpu_end is None:

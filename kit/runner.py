@@ -44,6 +44,8 @@ def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, A
         b.write_json(name, doc)
     if plan.batch:
         return jobs.submit(plan, b, schedulers.get(plan.launcher), console)
+    if plan.nodes > 1:  # srun/mpirun in an allocation: a monitor on every node
+        return jobs.execute_across_nodes(plan, b, console, plan.launcher, schedulers.of_allocation())
     return execute(plan, b, console)
 
 

@@ -34,6 +34,8 @@ CONF
 export CONTAINERS_STORAGE_CONF="$root/storage.conf"
 export KIT_CI_CACHE="$root/ci-cache" KIT_CACHE_DIR="$root/kit-cache" PIP_CACHE_DIR="$root/pip-cache"
 export KIT_SLURM_DIR="$root/slurm" KIT_SLURMCTLD_PORT=${KIT_SLURMCTLD_PORT:-6917} KIT_SLURMD_PORT=${KIT_SLURMD_PORT:-6918}
+# the multi-node cluster's directory, names and subnet apart from a warm run's (podman's networks are host-wide)
+export KIT_CLUSTER_DIR="$root/cluster" KIT_CLUSTER_NAME=kitcold KIT_CLUSTER_SUBNET=${KIT_CLUSTER_SUBNET:-10.89.78}
 
 cleanup() {
   if [ "${KIT_COLD_KEEP:-0}" = 1 ]; then echo "test-cold: kept $root" >&2; return; fi

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test suite with the real services it exercises: a one-node Slurm cluster (started
-# here, stopped on exit) and podman/qemu prepared for image builds where available.
+# here, stopped on exit), podman/qemu prepared for image builds where available, and a
+# multi-node Slurm cluster of podman containers (.ci/cluster.sh, removed on exit).
 # Called by `make test` (and so by CI); extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,17 @@ if [ "${KIT_TEST_IMAGES:-1}" = 1 ] && command -v podman >/dev/null; then
   if [ -e /usr/bin/qemu-aarch64-static ]; then bash .ci/arm64.sh; fi
   echo "test.sh: images ready in $(( $(date +%s) - t0 ))s"
   export CONTAINERS_CONF="$KIT_CI_CACHE/containers.conf"
+  # The multi-node cluster (tests/test_multinode.py): 4 node containers + a controller on an
+  # internal podman network, from the x86_64 image just built. KIT_TEST_CLUSTER=0 leaves it
+  # out (the multi-node tests then skip, saying so).
+  if [ "${KIT_TEST_CLUSTER:-1}" = 1 ] && command -v sbatch >/dev/null; then
+    t0=$(date +%s)
+    ci_step "multi-node cluster: .ci/cluster.sh start 4"
+    cleanup+=("bash .ci/cluster.sh stop")
+    bash .ci/cluster.sh start 4 >/dev/null
+    export KIT_CLUSTER_ENV=${KIT_CLUSTER_DIR:-/tmp/kit-cluster}/cluster.env
+    echo "test.sh: multi-node cluster up in $(( $(date +%s) - t0 ))s"
+  fi
 fi
 
 ci_step "pytest"

@@ -92,7 +92,7 @@ def test_slurm_script():
     text = schedulers.get("slurm").render(p, plan_mod.Path("/r/b1"))
     for line in ("#SBATCH --nodes=1", "#SBATCH --ntasks-per-node=2", f"#SBATCH --cpus-per-task={p.threads_per_rank}",
                  "#SBATCH --cpu-freq=2200000", "#SBATCH --time=00:30:00", "#SBATCH --partition=debug",
-                 "#SBATCH --account=proj", "#SBATCH --output=/r/b1/logs/slurm-%j.out"):
+                 "#SBATCH --account=proj", "#SBATCH --output=/r/b1/logs/slurm-%j.out", "#SBATCH --no-requeue"):
         assert line in text.splitlines()
     # every setting Slurm applies is in the script exactly as the plan records it
     for s in p.settings:

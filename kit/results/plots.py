@@ -6,7 +6,9 @@ per setting (a report row, or a group of repeats as one row), labelled by preset
 point; a group's median is a bar and its spread (min-max) a line through the points, with
 ``N=`` in the label. Rows without a value (not measured, stalled) are an empty slot marked
 ``-``. Where rows measured energy, ``tradeoff.png`` draws each row's sec/it against its J/it
-(what each setting buys in time and costs in energy), one series per group.
+(what each setting buys in time and costs in energy), one series per group. When
+the rows span more than one node count, ``scaling.png``: sec/it and TFLOPs per node against
+nodes, one line per model and settings (ok rows only).
 """
 
 from __future__ import annotations
@@ -64,7 +66,31 @@ def plot(rep: Report, out_dir: Path) -> list[Path]:
         written.append(_save(plt, fig, out_dir / fname))
     if any(f.get(TRADEOFF[0].column) is not None and f.get(TRADEOFF[1].column) is not None for f in rows):
         written.append(_tradeoff(plt, sections, out_dir))
+    if len({f["nodes"] for f in rows}) > 1:
+        written.append(_scaling(plt, rows, out_dir))
     return written
+
+
+def _scaling(plt, rows: list[dict], out_dir: Path) -> Path:
+    """``scaling.png``: sec/it and TFLOPs per node against nodes, a line per size and settings."""
+    lines: dict[str, list[dict]] = {}
+    for f in rows:
+        if f["status"] == "ok" and f.get("sec_per_iter") is not None:
+            label = f"{f['size']} {f['label'] or 'baseline'} | {f['ranks_per_node']} rank(s)/node TP{f['tp']} PP{f['pp']}"
+            lines.setdefault(label, []).append(f)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (key, name), ax in zip((("sec_per_iter", "Sec/it (lower is better)"),
+                                ("tflops", "TFLOPs per node (higher is better)")), axes):
+        for label, fs in lines.items():
+            fs = sorted(fs, key=lambda f: f["nodes"])
+            ax.plot([f["nodes"] for f in fs], [f.get(key) for f in fs], marker="o", label=label)
+        ax.set_xlabel("nodes")
+        ax.set_title(name)
+        ax.set_xticks(sorted({f["nodes"] for f in rows}))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return _save(plt, fig, out_dir / "scaling.png")
 
 
 #: (x, y) of the trade-off chart: sec/it against J/it

@@ -116,6 +116,15 @@ def _load_builtin() -> None:
         importlib.import_module(f"kit.schedulers.{mod}")
 
 
+def of_allocation(environ: dict[str, str] | None = None) -> Scheduler | None:
+    """The scheduler whose allocation this process runs in (``salloc``, a PJM job), or None."""
+    import os
+
+    env = os.environ if environ is None else environ
+    name = "slurm" if env.get("SLURM_JOB_ID") else "pjm" if env.get("PJM_JOBID") else None
+    return get(name) if name else None
+
+
 def get(name: str) -> Scheduler:
     _load_builtin()
     if name not in _REGISTRY:

@@ -47,6 +47,19 @@ def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
                        fix="run on a Slurm login node (sbatch, squeue, scontrol on PATH)") from e
 
 
+def _down_nodes(nodelist: str) -> str:
+    """``; node(s) down: n2 (Not responding)``: which of a failed job's nodes Slurm holds down."""
+    if not nodelist or nodelist == "(null)":
+        return ""
+    r = _run(["sinfo", "-h", "-N", "-n", nodelist, "-o", "%N|%t|%E"])
+    down = []
+    for line in r.stdout.splitlines() if r.returncode == 0 else []:
+        node, state, why = (line.split("|") + ["", ""])[:3]
+        if re.match(r"(down|drain|drng|fail|unk)", state):
+            down.append(node + (f" ({why})" if why and why != "none" else ""))
+    return f"; node(s) down: {', '.join(dict.fromkeys(down))}" if down else ""
+
+
 @register("slurm")
 class SlurmScheduler(Scheduler):
     launcher = "srun"
@@ -73,7 +86,9 @@ class SlurmScheduler(Scheduler):
                  f"#SBATCH --job-name={name}",
                  f"#SBATCH --nodes={plan.nodes}",
                  *self.directives(plan),
-                 f"#SBATCH --time={job.time_limit}"]
+                 f"#SBATCH --time={job.time_limit}",
+                 # a bundle records one run: a job requeued after a node failure would run again into it
+                 "#SBATCH --no-requeue"]
         if job.queue:
             lines.append(f"#SBATCH --partition={job.queue}")
         if job.account:
@@ -121,6 +136,8 @@ class SlurmScheduler(Scheduler):
             reason = fields.get("Reason", "")
             why = state + (f" (reason {reason})" if reason and reason != "None" else "") + \
                 (f", exit code {exit_code}" if exit_code is not None else "") + (f", signal {sig}" if sig else "")
+            if state == "NODE_FAIL":
+                why += _down_nodes(fields.get("NodeList", ""))
             return JobState(kit_state, kit_state in _ENDED, exit_code=exit_code, reason=why)
         if shutil.which("sacct"):
             r = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Reason"])
