@@ -10,6 +10,11 @@ two cores, so the figures are those of an oversubscribed machine (nothing here a
 The cluster comes from scripts/test.sh (KIT_CLUSTER_ENV names its cluster.env), or is started
 here; without podman, root, Slurm's clients or the kit's x86_64 image (or with
 KIT_TEST_CLUSTER=0) the tests skip, saying why.
+
+`make test` runs the multi-node runs that cover a kind of path once each (slurm over 2 nodes
+x 2 ranks, a rank stalled on the second node, a node killed) within its 30-minute budget on a
+fresh 2-core machine; `KIT_TEST_CLUSTER=full` adds the direct launchers inside an allocation
+(srun, mpirun) and the 1/2/4-node scaling sweep, which take minutes more each.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from kit.recipe import DEFAULT_COMMAND
 
 
 NODES = 4  # the cluster's size; each test uses what it needs
+full_only = pytest.mark.skipif(os.environ.get("KIT_TEST_CLUSTER") != "full",
+                               reason="KIT_TEST_CLUSTER=full runs it (minutes on a 2-core machine; not in make test's budget)")
 FAST = ["--set", "train.iters=3", "--set", "train.warmup_iters=1"]
 KIT_IMAGE = "localhost/kit:x86_64-tcmalloc"
 
@@ -162,6 +169,7 @@ def test_slurm_two_nodes_two_ranks_each(cluster, tmp_path):
 
 @pytest.mark.cluster
 @pytest.mark.slow
+@full_only
 @pytest.mark.parametrize("launcher", ["srun", "mpirun"])
 def test_direct_launcher_inside_an_allocation(cluster, tmp_path, launcher):
     """`salloc -N 2` then `kit run --launcher srun|mpirun --nodes 2` on this host (a login node,
@@ -284,6 +292,7 @@ def test_node_killed_mid_run_fails_naming_it_and_collect_keeps_the_others(cluste
 
 @pytest.mark.cluster
 @pytest.mark.slow
+@full_only
 def test_scaling_sweep_over_one_two_and_four_nodes(cluster, tmp_path):
     out = Path(out_dir(cluster, tmp_path))
     proc = kit(cluster, "sweep", str(REPO / "sweeps" / "scaling.yaml"), "--out", str(out), timeout=1500)
