@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import platform
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,13 @@ def register(*names: str):
             _REGISTRY[name] = cls
         return cls
     return deco
+
+
+#: the software inventory imports torch at the lowest priority; under qemu (an arm64 image on
+#: an x86 host) Python runs ~20x slower, and 120 s was seen too short on a loaded host
+INVENTORY_TIMEOUT_S = 120.0
+EMULATED_FACTOR = 5
+_ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 class Runtime(abc.ABC):
@@ -55,7 +63,13 @@ class Runtime(abc.ABC):
         """pip freeze, torch and DeepSpeed versions as seen where the command runs."""
         from kit.provenance import software_info
 
-        return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]), cache_key=self.software_key())
+        return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]), cache_key=self.software_key(),
+                             timeout=INVENTORY_TIMEOUT_S * (EMULATED_FACTOR if self.emulated() else 1))
+
+    def emulated(self) -> bool:
+        """The image is for another architecture than this host's (run under qemu)."""
+        arch = self.image_info().get("arch")
+        return bool(arch) and _ARCH_ALIASES.get(arch, arch) != _ARCH_ALIASES.get(platform.machine(), platform.machine())
 
     def image_info(self) -> dict[str, Any]:
         """The image's digest, labels and architecture; {} where there is no image."""
