@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import kit_cli
-from kit import jobopts, launchers, plan as plan_mod
+from kit import jobopts, plan as plan_mod, schedulers
 from kit.errors import KitError
 
 INJECTIONS = [
@@ -104,5 +104,5 @@ def test_cli_refuses_with_one_line_and_exit_2(args, option):
 def test_accepted_options_reach_the_slurm_script_verbatim():
     p = plan_mod.resolve(recipe_name="tiny", launcher="slurm",
                          job=plan_mod.JobOptions(time_limit="1-12:00:00", queue="gpu-a100", account="proj_01"))
-    lines = launchers.get("slurm").render(p, plan_mod.Path("/r/b1")).splitlines()
+    lines = schedulers.get("slurm").render(p, plan_mod.Path("/r/b1")).splitlines()
     assert {"#SBATCH --time=1-12:00:00", "#SBATCH --partition=gpu-a100", "#SBATCH --account=proj_01"} <= set(lines)
