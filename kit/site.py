@@ -43,6 +43,17 @@ class Site(BaseModel):
     interface: str | None = Field(default=None, description="network interface of the rendezvous (tofu1)")
     stdproc: str = Field(default="out", description="mpiexec -std-proc path under logs/stdproc")
     binds: list[str] = Field(default_factory=list, description="host paths bound into containers")
+    build_flags: list[str] = Field(default_factory=list,
+                                   description="singularity build flags besides --fakeroot for a user (e.g. --no-setgroups)")
+    build_tmpdir: str | None = Field(default=None, description="TMPDIR of a --fakeroot build (node-local, e.g. /worktmp)")
+
+    @field_validator("build_flags")
+    @classmethod
+    def _flags(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if not f.startswith("--") or any(c.isspace() for c in f):
+                raise ValueError(f"{f!r} is not a long option (--name or --name=value)")
+        return v
 
     @field_validator("volumes", "binds")
     @classmethod

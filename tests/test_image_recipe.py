@@ -371,3 +371,22 @@ def test_singularity_exec_argv_is_spythons(monkeypatch):
     monkeypatch.setattr(spython.utils, "check_install", lambda *a, **k: True)
     client.execute(image="kit.sif", command=["python", "-m", "kit.workload"], options=opts, quiet=True)
     assert ["/usr/bin/singularity", *got[0][1:]] == ours
+
+
+def test_a_site_adds_its_fakeroot_flags_and_tmpdir_for_a_user(empty_path, tmp_path, monkeypatch):
+    """Fugaku's SingularityPRO builds as a user with --fakeroot --no-setgroups in TMPDIR=/worktmp
+    (sites/fugaku.yaml); as root neither is needed. A stand-in singularity binary on PATH (no
+    Singularity can be installed here); nothing is built."""
+    from kit import site as site_mod
+
+    sing = _fake(empty_path, "singularity", "exit 0\n")
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(b.os, "geteuid", lambda: 1000)
+    opts = RecipeOptions("a64fx", True)
+    plan = b.prepare(opts, engine="singularity", context=tmp_path / "ctx", site=site_mod.load("fugaku"))
+    assert plan.argv[:5] == [str(sing), "build", "--force", "--fakeroot", "--no-setgroups"]
+    assert plan.env["TMPDIR"] == plan.env["SINGULARITY_TMPDIR"] == "/worktmp"
+    assert plan.describe()["env"] == plan.env  # recorded with the build
+    monkeypatch.setattr(b.os, "geteuid", lambda: 0)
+    root = b.prepare(opts, engine="singularity", context=tmp_path / "ctx2", site=site_mod.load("fugaku"))
+    assert "--fakeroot" not in root.argv and "--no-setgroups" not in root.argv and not root.env

@@ -30,6 +30,7 @@ import kit
 from kit.engines import ENGINES, OCI_ENGINES, SIF_ENGINES, first_on_path
 from kit.errors import KitError
 from kit.image import spy
+from kit.site import Site
 from kit.image.convert import to_dockerfile
 from kit.image.recipe import PIP_CACHE, WHEELHOUSE, Recipe, RecipeOptions, render, repo_root, torch_wheel_options
 
@@ -51,7 +52,7 @@ def detect_engine(preferred: str | None = None) -> str:
     if found:
         return found
     raise KitError("no container engine found (tried apptainer, singularity, podman, docker)", where="kit image build",
-                   fix="install one: apt-get install podman; on HPC systems `module load singularity` or apptainer")
+                   fix="install one: apt-get install podman, or Apptainer/SingularityCE (on Fugaku /usr/bin/singularity is SingularityPRO)")
 
 
 def default_wheelhouses() -> list[Path]:
@@ -111,7 +112,8 @@ class BuildPlan:
     def describe(self) -> dict[str, Any]:
         return {"engine": self.engine, "target": self.recipe.options.target, "ref": self.ref,
                 "context": str(self.context), "argv": self.argv, "recipe_sha256": self.recipe.sha256,
-                "source_sha256": self.source_sha256, "wheel": str(self.wheel) if self.wheel else None}
+                "source_sha256": self.source_sha256, "wheel": str(self.wheel) if self.wheel else None,
+                "env": self.env}
 
 
 def default_wheel_cache() -> Path:
@@ -121,7 +123,8 @@ def default_wheel_cache() -> Path:
 def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | None = None,
             wheelhouse: list[Path] | None = None, pip_cache: Path | None = None,
             ca_bundle: str | None = "auto", extra_args: list[str] | None = None,
-            wheel_cache: Path | None = None, torch_wheel: Path | None = None, log=None) -> BuildPlan:
+            wheel_cache: Path | None = None, torch_wheel: Path | None = None, log=None,
+            site: Site | None = None) -> BuildPlan:
     """Write the build context and compose the engine's command line (nothing is built).
 
     With ``options.staged`` the host resolves, downloads and unpacks the pinned packages for
@@ -199,10 +202,17 @@ def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | No
     path = spy.find_engine(engine)
     (context / "Dockerfile").write_text(to_dockerfile(recipe.text, mount_build_inputs=False))
     ref = str(Path(ref).resolve()) if ref else str((Path.cwd() / f"kit-{options.variant()}.sif").resolve())
-    opts = [] if os.geteuid() == 0 else ["--fakeroot"]
+    # as a user: --fakeroot, and what the site's Singularity needs with it (Fugaku's
+    # SingularityPRO: --no-setgroups, and TMPDIR on node-local /worktmp)
+    user = os.geteuid() != 0
+    opts = ["--fakeroot", *(site.build_flags if site else [])] if user else []
     opts += list(extra_args or [])
+    env: dict[str, str] = {}
+    if user and site and site.build_tmpdir and "TMPDIR" not in os.environ:
+        env = {"TMPDIR": site.build_tmpdir, "SINGULARITY_TMPDIR": site.build_tmpdir,
+               "APPTAINER_TMPDIR": site.build_tmpdir}
     argv = spy.build_argv(path, recipe="kit.def", image=ref, options=opts)
-    return BuildPlan(engine, recipe, context, ref, argv, src_sha, wheel, cwd=context)
+    return BuildPlan(engine, recipe, context, ref, argv, src_sha, wheel, env=env, cwd=context)
 
 
 def _brought_wheel(options: RecipeOptions, path: Path | None) -> Path:

@@ -98,8 +98,11 @@ def build(
                                   "(auto: $PIP_CERT or the system bundle; none: no mount)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="write the context and print the build command only"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    site: Optional[str] = typer.Option(None, "--site", help="site file (sites/NAME.yaml): how its Singularity "
+                                       "builds as a user (e.g. fugaku: --no-setgroups, TMPDIR=/worktmp)"),
 ) -> None:
     """Build the image for a target with podman, docker, apptainer or singularity."""
+    from kit import site as site_mod
     from kit.image import build as b
 
     eng = b.detect_engine(engine)
@@ -107,9 +110,11 @@ def build(
     ctx = context or kit.cache_dir() / "image-build" / opts.variant()
     cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or kit.cache_dir() / "pip")
     plan = b.prepare(opts, engine=eng, context=ctx, ref=tag, wheelhouse=list(wheelhouse) or None,
-                     pip_cache=cache, ca_bundle=ca_bundle, wheel_cache=wheel_cache, torch_wheel=torch_wheel)
+                     pip_cache=cache, ca_bundle=ca_bundle, wheel_cache=wheel_cache, torch_wheel=torch_wheel,
+                     site=site_mod.load(site) if site else None)
     if dry_run:
-        typer.echo(json.dumps(plan.describe(), indent=2) if json_out else " ".join(plan.argv))
+        typer.echo(json.dumps(plan.describe(), indent=2) if json_out else
+                   " ".join([*(f"{k}={v}" for k, v in plan.env.items()), *plan.argv]))
         return
     info = b.run(plan)
     if json_out:
