@@ -32,10 +32,10 @@ def test_collect_waits_for_a_live_job_kit(tmp_path):
         job = {"head_node": socket.gethostname(), "kit_pid": kit.pid}
         threading.Timer(1.0, lambda: b.finalize("interrupted", "SIGTERM received by kit")).start()
         t0 = time.monotonic()
-        _await_job_kit(b.path, job, grace_s=20)
+        _await_job_kit(b.path, job, grace_s=120)
         waited = time.monotonic() - t0
         assert read_manifest(b.path).status == "interrupted"
-        assert 0.9 < waited < 19  # returned once the job's kit had finalized, not at the 20 s grace
+        assert 0.9 < waited < 100  # returned once the job's kit had finalized, not at the 120 s grace
     finally:
         kit.kill()
         kit.wait()
@@ -46,8 +46,8 @@ def test_collect_does_not_wait_for_a_dead_job_kit(tmp_path):
     gone = subprocess.Popen([sys.executable, "-c", "pass", "job-run"])
     gone.wait()
     t0 = time.monotonic()
-    _await_job_kit(b.path, {"head_node": socket.gethostname(), "kit_pid": gone.pid}, grace_s=20)
-    assert time.monotonic() - t0 < 19 and read_manifest(b.path).status == "running"  # not the 20 s grace
+    _await_job_kit(b.path, {"head_node": socket.gethostname(), "kit_pid": gone.pid}, grace_s=120)
+    assert time.monotonic() - t0 < 100 and read_manifest(b.path).status == "running"  # not the 120 s grace
 
 
 def test_collect_waits_at_most_the_grace_where_it_cannot_tell(tmp_path):
