@@ -276,7 +276,8 @@ def _redact_file(path: Path) -> None:
 
 
 def seal_tree(root: Path) -> None:
-    """Before the checksums: redact the logs the launcher wrote itself, remove empty
+    """Before the checksums: redact the logs the launcher wrote itself (and the node monitors'
+    snapshots, written on other nodes), remove empty
     directories (but ``logs``), and give every file and directory the bundle's one mode."""
     for rel, st in sorted(reader.entries(root), key=lambda e: e[0].count("/"), reverse=True):
         p = root / rel
@@ -289,7 +290,7 @@ def seal_tree(root: Path) -> None:
             except OSError:
                 pass
         elif stat.S_ISREG(st.st_mode) and not _is_temp(p.name):
-            if rel.startswith("logs/") and rel != "logs/launcher.log":
+            if rel.startswith(("logs/", "monitor/")) and rel != "logs/launcher.log":
                 _redact_file(p)
             try:
                 os.chmod(p, FILE_MODE)

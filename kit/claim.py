@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kit import proc
+from kit import bundle_reader, proc
+from kit.bundle_reader import BundleReadError
 from kit.bundle import dump_json, now_iso
 
 FINALIZER = "finalizer.json"
@@ -50,8 +51,8 @@ def _create(bundle: Path, data: dict[str, Any]) -> bool:
 def read(bundle: Path) -> dict[str, Any]:
     """The claim, ``{}`` if there is none or it cannot be read (a kit died writing it)."""
     try:
-        data = json.loads((Path(bundle) / FINALIZER).read_text())
-    except (OSError, ValueError):
+        data = bundle_reader.read_json(Path(bundle), FINALIZER, cap=1 << 16)
+    except BundleReadError:
         return {}
     return data if isinstance(data, dict) else {}
 

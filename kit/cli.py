@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from kit import catalog, flops as flops_mod, plan as plan_mod, preset as preset_mod, recipe as recipe_mod
+from kit.bundle_reader import BundleReadError
 from kit.errors import EXIT_INTERRUPTED, EXIT_USAGE, KitError
 from kit.results.cli import JsonOpt
 from kit.textsafe import terminal, terminal_tree
@@ -430,6 +432,15 @@ def main() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a further Ctrl-C must not interrupt the exit
         err.print("kit: interrupted", highlight=False, markup=False)
         sys.exit(EXIT_INTERRUPTED)
+    except BundleReadError as e:  # a bundle file that cannot be read safely (a FIFO, a link, too big, bad JSON)
+        err.print(f"kit: error: {terminal(e)}; see `kit bundle verify`", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
+    except ValidationError as e:  # a bundle document of the wrong shape (e.g. its manifest)
+        first = e.errors()[0] if e.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        err.print(f"kit: error: {terminal(e.title)}: {terminal(where)}: {terminal(first.get('msg', ''))}; "
+                  f"see `kit bundle verify`", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)
     except OSError as e:  # a path given on the command line that cannot be written or read (--out /proc/x)
         where = f"{e.filename}: " if e.filename else ""
         err.print(f"kit: error: {terminal(where)}{e.strerror or e}; pass a directory you can write to",

@@ -22,6 +22,7 @@ from kit.bundle import Bundle
 from kit.logparse import IterationRecord
 from kit.outcome import Outcome, print_result
 from kit.plan import Plan
+from kit.textsafe import terminal
 from kit.redact import redact_argv
 
 FINALIZE_WAIT_S = 30.0  # for another kit that is finalizing the same bundle (kit collect vs the job's kit)
@@ -69,7 +70,7 @@ def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
         if claim.claim(b.path) or claim.mine(b.path):
             return None
         held = claim.read(b.path)
-        who = f"{held.get('command', 'a kit')} on {held.get('host', '?')} (pid {held.get('pid', '?')})"
+        who = terminal(f"{held.get('command', 'a kit')} on {held.get('host', '?')} (pid {held.get('pid', '?')})")
         if claim.holder_gone(b.path, held):
             if bundle_mod.read_manifest(b.path).status in bundle_mod.FINAL_STATUSES:
                 continue  # it finished before it went: its version stands (next turn)

@@ -22,7 +22,6 @@ The life of a batch run, all in one bundle directory::
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -38,8 +37,9 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, energy, hostinfo, known_bad, launchers, proc, reaper, runtimes, schedulers
+from kit import bundle as bundle_mod, bundle_reader, energy, hostinfo, known_bad, launchers, proc, reaper, redact, runtimes, schedulers
 from kit.bundle import FINAL_STATUSES, Bundle
+from kit.bundle_reader import BundleReadError
 from kit.errors import EXIT_NOT_READY, KitError
 from kit.execute import dump_stacks, execute
 from kit.finalize import RunRecord, finalize
@@ -52,6 +52,7 @@ from kit.schedulers import JobState, Scheduler
 JOB_SCRIPT = "job/job.sh"
 JOB_JSON = "job/job.json"
 MONITOR_DIR = "monitor"
+LOG_CAP = 1 << 30  # the launcher's log kit collect parses for the iterations a dead job logged
 STACKS_REQUEST = "stacks.request"  # in monitor/: the head node asks every job-monitor for its ranks' stacks
 STACKS_TAKEN = "monitor/stacks"  # each job-monitor's answer: <host>.json, {rank: how the stack was taken}
 STACKS_POLL_S = 1.0  # how often a job-monitor looks for that request
@@ -112,7 +113,22 @@ def _job(bundle_dir: Path) -> dict[str, Any]:
     if not p.is_file():
         raise KitError(f"{p}: missing: not a bundle made by `kit run --launcher slurm|pjm`", where=str(bundle_dir),
                        fix="give the bundle directory that `kit run` printed")
-    return json.loads(p.read_text())
+    try:
+        job = bundle_reader.read_json(Path(bundle_dir), JOB_JSON, cap=1 << 20)
+    except BundleReadError as e:
+        raise KitError(e.why, where=e.path, fix="the bundle's job record is damaged; see `kit bundle verify`") from None
+    if not (isinstance(job, dict) and isinstance(job.get("launcher"), str) and isinstance(job.get("job_id"), str)):
+        raise KitError("not a job record (launcher and job_id as strings)", where=str(p),
+                       fix="the bundle's job record is damaged; see `kit bundle verify`")
+    return job
+
+
+def _script_text(bundle_dir: Path) -> str | None:
+    """The job script in the bundle, or None."""
+    try:
+        return bundle_reader.read_text(Path(bundle_dir), JOB_SCRIPT)
+    except BundleReadError:
+        return None
 
 
 def job_id_from_env(environ: dict[str, str] | None = None) -> str | None:
@@ -134,11 +150,10 @@ def run_inside_job(bundle_dir: Path, console: Console) -> int:
     job_id = job_id_from_env() or job.get("job_id")
     nodes = allocation_nodes()
     head = socket.gethostname()
-    script = bundle_dir / JOB_SCRIPT
     info = {
         "id": job_id, "launcher": plan.launcher, "inner_launcher": inner, "nodes": nodes, "head_node": head,
         "scheduler_vars": hostinfo.scheduler_vars(), "script_path": JOB_SCRIPT,
-        "script": script.read_text() if script.is_file() else None,
+        "script": _script_text(bundle_dir),
         "submitted": job.get("submitted"), "started": bundle_mod.now_iso(),
     }
     b.write_json(JOB_JSON, {**job, "job_id": job_id, "started": info["started"], "nodes": nodes, "head_node": head,
@@ -207,8 +222,8 @@ class _SnapshotWriter:
             if self.mon.ranks:
                 self._write()
 
-    def _write(self) -> None:
-        bundle_mod.atomic_write(self.out, bundle_mod.dump_json(self.mon.snapshot()))
+    def _write(self) -> None:  # into the bundle: redacted as the bundle's writer does
+        bundle_mod.atomic_write(self.out, bundle_mod.dump_json(redact.scrub(self.mon.snapshot())))
 
     def stop(self, *, write: bool) -> None:
         self._stop.set()
@@ -252,8 +267,10 @@ def read_node_monitors(bundle_dir: Path, exclude: set[str] | None = None) -> lis
     out = []
     for p in sorted((Path(bundle_dir) / MONITOR_DIR).glob("*.json")):
         try:
-            snap = json.loads(p.read_text())
-        except (OSError, ValueError):
+            snap = bundle_reader.read_json(Path(bundle_dir), f"{MONITOR_DIR}/{p.name}")
+        except BundleReadError:
+            continue
+        if not (isinstance(snap, dict) and isinstance(snap.get("node"), str) and isinstance(snap.get("ranks"), dict)):
             continue
         if snap.get("node") in (exclude or set()):
             continue
@@ -272,8 +289,10 @@ def request_node_stacks(bundle_dir: Path, exclude: set[str], timeout_s: float = 
     while nodes and time.monotonic() < deadline:
         for node in sorted(nodes):
             try:
-                taken = json.loads((bundle_dir / STACKS_TAKEN / f"{node}.json").read_text())
-            except (OSError, ValueError):
+                taken = bundle_reader.read_json(bundle_dir, f"{STACKS_TAKEN}/{node}.json")
+            except BundleReadError:
+                continue
+            if not isinstance(taken, dict):
                 continue
             done.update({str(rank): f"{how} on {node}" for rank, how in taken.items()})
             nodes.discard(node)
@@ -288,7 +307,7 @@ def _take_stacks_if_asked(bundle_dir: Path, host: str, mon, plan: Plan) -> bool:
         return False
     taken = dump_stacks(mon.pids(), bundle_dir / "logs" / "stacks",
                         faulthandler_signal="kit.workload" in plan.rank_argv)
-    bundle_mod.atomic_write(bundle_dir / STACKS_TAKEN / f"{host}.json", bundle_mod.dump_json(taken))
+    bundle_mod.atomic_write(bundle_dir / STACKS_TAKEN / f"{host}.json", bundle_mod.dump_json(redact.scrub(taken)))
     return True
 
 
@@ -430,8 +449,10 @@ def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Scheduler, st: J
     reason = (f"{launcher.name} job {job['job_id']} {what} " +
               ("while the ranks ran, before the kit finalized the bundle" if started_run
                else "before the kit started in it") + (f" [{why}]" if why else "") + "; partial logs kept")
-    log_path = b.logs / "launcher.log"
-    log_text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    try:  # through the reader's door, capped
+        log_text = bundle_reader.read_text(b.path, "logs/launcher.log", cap=LOG_CAP)
+    except BundleReadError:
+        log_text = ""
     records = parse_lines(log_text.splitlines())
     inner = launchers.get(launcher.launcher)
     argv_line = next((ln[len("# kit: "):] for ln in log_text.splitlines() if ln.startswith("# kit: ")), "")
@@ -442,7 +463,7 @@ def finalize_dead_job(b: Bundle, job: dict[str, Any], launcher: Scheduler, st: J
     info = {"id": job["job_id"], "launcher": launcher.name, "inner_launcher": launcher.launcher,
             "nodes": job.get("nodes"), "head_node": job.get("head_node"), "state": state, "scheduler_reason": why,
             "scheduler_stats": stats or None, "script_path": JOB_SCRIPT,
-            "script": (b.path / JOB_SCRIPT).read_text() if (b.path / JOB_SCRIPT).is_file() else None,
+            "script": _script_text(b.path),
             "submitted": job.get("submitted"), "started": job.get("started"),
             "collected_by": "kit collect", "collected_on": socket.gethostname(),
             "note": "host/software in this provenance describe the machine that collected the bundle, "

@@ -40,9 +40,10 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, metricdefs
-from kit.errors import KitError
-from kit.errors import EXIT_FAILED, EXIT_NOT_READY, EXIT_OK, EXIT_STALLED
+from kit import bundle as bundle_mod, bundle_reader, metricdefs
+from kit.digest import sha256_chunks
+from kit.errors import EXIT_FAILED, EXIT_NOT_READY, EXIT_OK, EXIT_STALLED, KitError
+from kit.textsafe import terminal
 from kit.results import VerificationFailed, judge, store
 
 REPRODUCE_FILE = "reproduce.json"
@@ -98,11 +99,15 @@ def _judge(judge: metricdefs.Judge, a: float | None, b: float | None, tol: float
     return f"±{tol:g}", None if a is None or b is None else abs(b - a) <= tol
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def loss_curve(old: dict[str, Any], new: dict[str, Any]) -> dict[int, tuple[float | None, float | None]]:
     """Iteration -> (old loss, new loss) over the iterations either run logged."""
-    def series(doc):
-        return {it["iteration"]: it.get("loss") for it in doc.get("iterations") or []
-                if isinstance(it, dict) and isinstance(it.get("iteration"), int)}
+    def series(doc):  # a loss that is not a finite number (a hostile or damaged bundle) counts as not logged
+        return {it["iteration"]: it["loss"] for it in doc.get("iterations") or []
+                if isinstance(it, dict) and isinstance(it.get("iteration"), int) and _number(it.get("loss"))}
     a, b = series(old), series(new)
     return {i: (a.get(i), b.get(i)) for i in sorted(set(a) | set(b))}
 
@@ -170,7 +175,7 @@ def preflight(docs: store.BundleDocs, plan) -> Preflight:
         if rec.get(key) and rec[key] != new[key]:
             files = new["recipe_file"] if what == "recipe" else ", ".join(new["preset_files"])
             pf.mismatches.append(f"{what}: {files} as resolved here hashes to {new[key][:12]}…, the bundle recorded "
-                                 f"{rec[key][:12]}… (the {what} changed since the run; compare with the bundle's {what}.yaml)")
+                                 f"{str(rec[key])[:12]}… (the {what} changed since the run; compare with the bundle's {what}.yaml)")
     for key in ("dp", "world_size", "ranks_per_node", "tp", "pp", "global_batch", "micro_batch"):
         if key in rec and rec[key] != new[key]:
             pf.mismatches.append(f"layout: {key} is {new[key]} here, {rec[key]} in the bundle")
@@ -201,7 +206,7 @@ def preflight(docs: store.BundleDocs, plan) -> Preflight:
     from kit.provenance import kit_source
     ks, rk = kit_source(), docs.provenance.get("kit") or {}
     if rk.get("git_commit") and ks.get("git_commit") != rk.get("git_commit"):
-        pf.notes.append(f"kit: commit {str(ks.get('git_commit'))[:10]} here, {rk['git_commit'][:10]} in the bundle")
+        pf.notes.append(f"kit: commit {str(ks.get('git_commit'))[:10]} here, {str(rk['git_commit'])[:10]} in the bundle")
     return pf
 
 
@@ -319,23 +324,23 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console,
     pf = preflight(docs, plan)
     pf.notes.extend(not_taken(docs, plan))
     res = Reproduction(original=bundle, exit_code=EXIT_OK, preflight=pf)
-    console.print(f"reproducing {docs.id}: {plan.recipe_name} [{'+'.join(plan.preset_names)}]"
+    console.print(f"reproducing {terminal(docs.id)}: {plan.recipe_name} [{'+'.join(plan.preset_names)}]"
                   + (f" --set {' --set '.join(plan.overrides)}" if plan.overrides else ""), highlight=False, markup=False)
     for n in pf.notes:
-        console.print(f"note: {n}", highlight=False, markup=False)
+        console.print(f"note: {terminal(n)}", highlight=False, markup=False)
     for m in pf.mismatches:
-        console.print(f"environment mismatch: {m}", highlight=False, markup=False)
+        console.print(f"environment mismatch: {terminal(m)}", highlight=False, markup=False)
     if pf.mismatches and not force:
         res.exit_code = EXIT_NOT_READY
         res.message = "not run: the environment could not be matched (--force runs anyway)"
-        console.print(res.message, highlight=False, markup=False)
+        console.print(terminal(res.message), highlight=False, markup=False)
         return res
     for line in describe_plan(plan):
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     console.print(f"tolerance: {tol.describe()}", highlight=False, markup=False)
     outcome = runner.run(plan, out, console, extra_files={REPRODUCE_FILE: {
         "original": docs.id, "original_path": str(bundle.resolve()),
-        "original_manifest_sha256": bundle_mod.sha256_file(bundle / bundle_mod.MANIFEST)[0],
+        "original_manifest_sha256": sha256_chunks(bundle_reader.iter_chunks(bundle, bundle_mod.MANIFEST))[0],
         "tolerance": {"timing": None if math.isinf(tol.timing) else tol.timing, "memory": tol.memory, "loss": tol.loss}}})
     res.new_bundle = outcome.bundle.path
     res.status = outcome.status
@@ -345,7 +350,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console,
     if outcome.status != "ok":
         res.exit_code = EXIT_STALLED
         res.message = f"the new run {outcome.status}: {outcome.reason}"
-        console.print(res.message, highlight=False, markup=False)
+        console.print(terminal(res.message), highlight=False, markup=False)
         return res
     new_docs = store.load(outcome.bundle.path)
     old_digest = (docs.provenance.get("runtime") or {}).get("digest")
@@ -356,7 +361,7 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console,
     res.checks = compare_metrics(docs.metrics, new_docs.metrics, tol, judging)
     console.print(f"\n  {'metric':<14} {'original':>12} {'new':>12} {'change':>8}  {'tolerance':<12} verdict", highlight=False, markup=False)
     for c in res.checks:
-        console.print(c.line(), highlight=False, markup=False)
+        console.print(terminal(c.line()), highlight=False, markup=False)
     differs = [c.name for c in res.checks if c.ok is False]
     if pf.mismatches:
         res.exit_code = EXIT_NOT_READY
@@ -366,5 +371,5 @@ def reproduce(bundle: Path, *, out: Path, tol: Tolerance, console: Console,
         res.message = f"not reproduced: {', '.join(differs)} beyond tolerance"
     else:
         res.message = "reproduced within tolerance"
-    console.print(f"{res.message}\nnew bundle: {res.new_bundle}", highlight=False, markup=False)
+    console.print(f"{terminal(res.message)}\nnew bundle: {res.new_bundle}", highlight=False, markup=False)
     return res

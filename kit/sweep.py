@@ -225,7 +225,7 @@ def point_state(paths: list[Path], repeat: int = 1) -> tuple[str, Path | None, i
     for p in sorted(paths, key=lambda x: x.name, reverse=True):
         try:
             status = bundle_mod.read_manifest(p).status
-        except (OSError, ValueError):
+        except (OSError, ValueError, BundleReadError):
             continue
         if status == "ok" and bundle_mod.verify(p).ok:
             ok.append(p)

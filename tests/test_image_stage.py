@@ -15,6 +15,7 @@ import pytest
 
 from kit.errors import KitError
 from kit.image import stage
+from kit.image.recipe import repo_root
 from kit.image.convert import to_dockerfile
 from kit.image.recipe import RecipeOptions, render
 
@@ -133,3 +134,43 @@ def test_deepspeed_torch_info_names_the_targets_torch():
     assert stage.deepspeed_torch_info("2.13.0+cpu")(src).count(b"'version': '2.13'") == 1
     with pytest.raises(KitError, match="torch_info"):
         stage.deepspeed_torch_info("2.10.0")(b"version='x'\n")
+
+
+@pytest.mark.parametrize("target", ["a64fx", "x86_64"])
+def test_every_dependency_of_the_image_is_pinned(target):
+    """The staged image build needs a pin for every package it installs. Walked here through
+    the host venv's installed metadata (the same versions, so the same requirements) with the
+    target's markers: a new dependency without a pin fails in seconds, not after the image's
+    base was built (as `cryptography` did on a cold run)."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    from kit.image.recipe import load_versions
+
+    versions = load_versions()
+    pins = stage.pins_from(versions, target)
+    env = stage.marker_env(versions["python"], versions["targets"][target]["machine"])
+    queue = [Requirement(r) for r in stage.staged_roots(repo_root(), target, versions)]
+    seen: set[tuple[str, str]] = set()
+    unpinned: set[str] = set()
+    while queue:
+        req = queue.pop()
+        name = stage.canonical(req.name)
+        if name in stage.NOT_STAGED:
+            continue
+        if name not in pins:
+            unpinned.add(name)
+            continue
+        for extra in req.extras | {""}:
+            if (name, extra) in seen:
+                continue
+            seen.add((name, extra))
+            try:
+                requires = md.requires(req.name) or []
+            except md.PackageNotFoundError:
+                continue  # not installed here (e.g. the target's own torch deps): checked by the real build
+            for r in map(Requirement, requires):
+                if r.marker is None or r.marker.evaluate({**env, "extra": extra}):
+                    queue.append(r)
+    assert not unpinned, f"add pins to containers/versions.yaml for: {', '.join(sorted(unpinned))}"

@@ -182,7 +182,7 @@ def report_cmd(paths: Annotated[list[Path], typer.Argument(help="bundle director
     else:
         sys.stdout.write(text)
     for s in rep.skipped:
-        print(f"warning: {s}", file=sys.stderr)
+        print(f"warning: {terminal(s)}", file=sys.stderr)
     if plot:
         from kit.results import plots
 
@@ -229,7 +229,7 @@ def sweep_cmd(sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP.yaml", h
         out.print(text, highlight=False, markup=False)
         atomic_write(res.out / f"REPORT-{sw.name}.md", text)
         for s in rep.skipped:
-            err.print(f"note: {s}", highlight=False, markup=False)
+            err.print(f"note: {terminal(s)}", highlight=False, markup=False)
     states: dict[str, int] = {}
     for r in res.rows:
         states[r["state"]] = states.get(r["state"], 0) + 1

@@ -63,9 +63,22 @@ def _blas_core(software: dict) -> Any:
     return blas.get("corename") if isinstance(blas, dict) else None
 
 
+def _strings(v: Any) -> list[str]:
+    return [x for x in v if isinstance(x, str)] if isinstance(v, list) else []
+
+
+def _allocators(docs: BundleDocs) -> list[str]:
+    """The allocator each rank was seen with (ranks of another shape are skipped)."""
+    ranks = docs.metrics.get("ranks") or {}
+    return sorted({str(r["allocator"].get("allocator")) for r in ranks.values()
+                   if isinstance(r, dict) and isinstance(r.get("allocator"), dict)})
+
+
 def _packages(sw: dict[str, Any]) -> dict[str, str]:
     out = {}
     for p in sw.get("packages") or []:
+        if not isinstance(p, str):
+            continue  # a damaged or hostile inventory: nothing to compare
         name, _, ver = p.partition("==")
         out[name.lower()] = ver
     return out
@@ -107,10 +120,9 @@ def compare(side_a: BundleDocs | judge_mod.Side, side_b: BundleDocs | judge_mod.
     add("software", "torch_config", swa.get("torch_config"), swb.get("torch_config"))
     for k in HOST_KEYS:
         add("hardware", k, _get(pa, f"host.{k}"), _get(pb, f"host.{k}"))
-    isa_a, isa_b = set(_get(pa, "host.isa_features") or []), set(_get(pb, "host.isa_features") or [])
+    isa_a, isa_b = (set(_strings(_get(p, "host.isa_features"))) for p in (pa, pb))
     add("hardware", "isa_features", sorted(isa_a - isa_b) or None, sorted(isa_b - isa_a) or None)
-    alloc_a = sorted({str(r.get("allocator", {}).get("allocator")) for r in (a.metrics.get("ranks") or {}).values()})
-    alloc_b = sorted({str(r.get("allocator", {}).get("allocator")) for r in (b.metrics.get("ranks") or {}).values()})
+    alloc_a, alloc_b = _allocators(a), _allocators(b)
     add("settings", "allocator seen in ranks", ", ".join(alloc_a) or None, ", ".join(alloc_b) or None)
     ea, eb = pa.get("environment") or {}, pb.get("environment") or {}
     for k in sorted((set(ea) | set(eb)) - ENV_IGNORE):

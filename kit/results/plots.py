@@ -28,7 +28,8 @@ def row_label(f: dict) -> str:
     label = f["label"] or "baseline"
     mark = {"stalled": " ^^", "failed": " (failed)", "interrupted": " (interrupted)"}.get(f["status"], "")
     n = f" N={f['n_ok']}" if "samples" in f else ""
-    return f"{label}{mark}{n} | {f['nodes']}N DP{f['dp']} TP{f['tp']} PP{f['pp']}"
+    text = f"{label}{mark}{n} | {f['nodes']}N DP{f['dp']} TP{f['tp']} PP{f['pp']}"
+    return text.replace("$", r"\$")  # matplotlib reads $...$ as mathtext: a label from a bundle is plain text
 
 
 def plot(rep: Report, out_dir: Path) -> list[Path]:

@@ -34,6 +34,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from kit import bundle_reader
+from kit.bundle_reader import BundleReadError
 from kit.errors import KitError
 from kit.launchers.common import flavour, kit_command, mpiexec_argv
 from kit.launchers.mpirun import MpirunLauncher
@@ -176,7 +178,10 @@ class PjmScheduler(Scheduler):
         """The ``-S`` statistics file(s) in the bundle's logs."""
         out: dict[str, str] = {}
         for p in sorted((Path(bundle_dir) / "logs").glob("pjm.*.stats")):
-            out.update(parse_stats(p.read_text(errors="replace")))
+            try:  # through the reader's door: a regular file of the bundle, capped
+                out.update(parse_stats(bundle_reader.read_text(Path(bundle_dir), f"logs/{p.name}", cap=1 << 20)))
+            except BundleReadError:
+                continue
         return out
 
     def node_monitor_argv(self, plan, monitor_argv: list[str]) -> list[str] | None:

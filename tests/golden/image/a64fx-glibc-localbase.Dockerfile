@@ -11,8 +11,8 @@ LABEL org.kit.torch 2.10.0
 LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc none
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
-LABEL org.kit.recipe.sha256 54e9e3826a9b14feedcf94b37dcfaaed63ea5563153c1ba4334c4bb01da9e4d1
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
+LABEL org.kit.recipe.sha256 5f3369bf4048dab451bd7e25f35044f009511d750eafa8c4e525b0bbaf2c0b5d
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -11,11 +11,11 @@ LABEL org.kit.torch 2.5.0
 LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc none
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
 LABEL org.kit.torch.build wheel
 LABEL org.kit.torch.wheel torch-2.5.0-cp311-cp311-linux_aarch64.whl
 LABEL org.kit.torch.wheel.sha256 59abcbf11085bbedd1fc2cc5dc36f80484ca0d57ec1cd57af1d5d2160485cb55
-LABEL org.kit.recipe.sha256 c5669b3721a9640586f3a9dc72fd3f76488fbbcf808113226901a34e5aa98128
+LABEL org.kit.recipe.sha256 fd79cb6a02a00286128f93241268d4e8583ab728e0e742a20db5afb700482e7b
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -12,9 +12,9 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
 LABEL org.kit.staged host
-LABEL org.kit.recipe.sha256 be8154e55a95107267244e691ca644fc2776d531d19c635a75d53d29b744d99a
+LABEL org.kit.recipe.sha256 a6b3c373a0f72248d3990b364fa358d662cdd244f0018b9a06fb77736e337a48
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -12,13 +12,13 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
 LABEL org.kit.torch.build source
 LABEL org.kit.torch.cflags -mcpu=a64fx
 LABEL org.kit.openblas 0.3.29 TARGET=A64FX
 LABEL org.kit.onednn 3.7.1
 LABEL org.kit.acl 25.02.1
-LABEL org.kit.recipe.sha256 2311574ea67a00da16ada2c0ab87cb7c2b1d02126eddbc349fcb5f31a47577b0
+LABEL org.kit.recipe.sha256 780b2c4042b71a38ce3391cb5b9b46425d3f2a1e889804ed6099b7dd3de90ad9
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -12,8 +12,8 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
-LABEL org.kit.recipe.sha256 ddeb04030a86ba921c90736ff5769a82521d69cb8f4f95d1e84bb56c15809bf4
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
+LABEL org.kit.recipe.sha256 68bf30175c6f4a08dba3eec742e659ee393497c8e84ed9edec99bb6625245f5b
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

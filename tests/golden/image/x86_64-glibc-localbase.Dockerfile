@@ -11,8 +11,8 @@ LABEL org.kit.torch 2.13.0+cpu
 LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc none
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
-LABEL org.kit.recipe.sha256 7ae4a31380b7b380fc0c4d664b6930f0eebce760e800335bd42ed89799fdbe59
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
+LABEL org.kit.recipe.sha256 27465d07766e78ff5288872afba60fe68acd7356cd344f3bd8e7f0f6542a7fa1
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1

@@ -12,8 +12,8 @@ LABEL org.kit.deepspeed 0.19.8
 LABEL org.kit.deepspeed.build_ops 0
 LABEL org.kit.tcmalloc libgoogle-perftools4
 LABEL org.kit.tcmalloc.path /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4
-LABEL org.kit.constraints.sha256 c19beaf7a310a7b5c39f4e4f73ff1cde60661bebb5f67fc1a50f34f05fe911cd
-LABEL org.kit.recipe.sha256 836a81a5bc42223e9ccd2a6e8cf05c2abebb2866e8c463ea2b20e216ec6eb82c
+LABEL org.kit.constraints.sha256 4670bf23eaa348179a17bc948a9bce86fc747fb57c0537a81ad83de0e2e2db38
+LABEL org.kit.recipe.sha256 1b90bb941bd77501a941cee40bdd11b64160b4a4634082b89c1d396996ba704e
 ENV PATH=/opt/kit/venv/bin:$PATH
 ENV LC_ALL=C.UTF-8
 ENV PYTHONUNBUFFERED=1
