@@ -23,6 +23,7 @@ from typing import Any
 
 import kit
 from kit import hostinfo, rankexec
+from kit.digest import sha256_file
 from kit.bundle import atomic_write
 from kit.redact import redact_env
 
@@ -271,11 +272,7 @@ def _file_digest(path: Path, max_bytes: int) -> dict[str, Any]:
             out["sha256"] = None
             out["why"] = f"larger than {max_bytes} bytes: not hashed (size recorded)"
             return out
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(_CHUNK):
-                h.update(chunk)
-        out["sha256"] = h.hexdigest()
+        out["sha256"] = sha256_file(path)[0]
     except OSError as e:
         out["sha256"] = None
         out["why"] = f"unreadable: {e.strerror or e}"

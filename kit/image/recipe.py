@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from kit.digest import sha256_file
 from kit.errors import KitError
 
 TARGETS = ("x86_64", "a64fx")
@@ -136,11 +137,7 @@ def torch_wheel_options(path: Path) -> dict[str, str]:
     """``RecipeOptions`` fields for ``--torch-wheel PATH``: the file's name and sha256."""
     if not path.is_file():
         raise KitError(f"{path} is not a file", where="--torch-wheel", fix="pass the path of a torch .whl file")
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return {"torch": "wheel", "torch_wheel": path.name, "torch_wheel_sha256": h.hexdigest()}
+    return {"torch": "wheel", "torch_wheel": path.name, "torch_wheel_sha256": sha256_file(path)[0]}
 
 
 def wheel_torch_version(name: str, *, python: str, machine: str) -> str:

@@ -34,6 +34,14 @@ INVENTORY_TIMEOUT_S = 120.0
 EMULATED_FACTOR = 5
 _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
+#: launcher variables a rank needs inside a container (every runtime passes the same ones):
+#: each name starting with one of the prefixes (Slurm, OpenMPI, PMIx, PJM, Fujitsu MPI's PLE_/
+#: FLIB_/XOS_MMM_, gloo), the torchrun contract's names, the socket interfaces, and QEMU_CPU
+#: (the CPU model qemu-user emulates for a foreign-architecture image)
+PASS_PREFIXES = ("SLURM_", "OMPI_", "PMIX_", "PMI_", "PJM_", "PLE_", "FLIB_", "XOS_MMM_", "GLOO_", "OMP_COMM_")
+PASS_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
+              "MASTER_PORT", "TP_SOCKET_IFNAME", "QEMU_CPU")
+
 
 class Runtime(abc.ABC):
     """Wraps a command so that it runs in this runtime."""

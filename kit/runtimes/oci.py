@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
-from kit.runtimes.base import Runtime, register
+from kit.runtimes.base import PASS_NAMES, PASS_PREFIXES, Runtime, register
 
 PROBE_SCRIPT = r"""
 import ctypes, json, os, platform, struct
@@ -70,14 +70,12 @@ print("KIT-PROBE-JSON " + json.dumps(out))
 """
 
 
-#: launcher variables (and QEMU_CPU, which picks the CPU model qemu-user emulates for a
-#: foreign-architecture image) passed from the host into the container (podman takes globs, docker names)
-PASS_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
-              "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID",
-              "SLURM_JOB_ID", "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK",
-              "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "PJM_JOBID", "QEMU_CPU")
-PASS_GLOBS = ("SLURM_*", "OMPI_*", "PMIX_*", "PMI_*", "PJM_*", "FLIB_*", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-              "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "QEMU_CPU")
+#: the launcher variables of kit.runtimes.base as podman takes them (globs) and as docker does
+#: (names only: those the launchers set per rank)
+PASS_GLOBS = (*(f"{p}*" for p in PASS_PREFIXES), *PASS_NAMES)
+DOCKER_NAMES = (*PASS_NAMES, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_JOB_ID",
+                "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_RANK", "PMI_RANK",
+                "PMI_SIZE", "PJM_JOBID", "PLE_RANK_ON_NODE")
 
 
 def run_probe(prefix: list[str], timeout: float = 300) -> dict[str, Any]:
@@ -162,7 +160,7 @@ class OciRuntime(Runtime):
                 out += ["-v", f"{p}:{p}"]
         out += ["--workdir", str(Path(cwd).resolve())]
         # launcher variables set outside the container (per rank: srun, mpiexec, PJM)
-        out += [f"--env={p}" for p in (PASS_GLOBS if self.engine == "podman" else PASS_NAMES)]
+        out += [f"--env={p}" for p in (PASS_GLOBS if self.engine == "podman" else DOCKER_NAMES)]
         for k, v in env.items():
             if k == "LD_PRELOAD":
                 v = rewrite_preload(v, self.find_tcmalloc())

@@ -30,12 +30,11 @@ from typing import Any
 
 from kit.errors import KitError
 from kit.image import spy
-from kit.runtimes.base import Runtime, register
+from kit.runtimes.base import PASS_NAMES, PASS_PREFIXES, Runtime, register
 from kit.runtimes.oci import rewrite_preload, run_probe
 
 #: launcher variables passed through --cleanenv (see the module doc)
-PASS_PATTERN = (r"(SLURM_|OMPI_|PMIX_|PMI_|PJM_|PLE_|FLIB_|XOS_MMM_|GLOO_|OMP_COMM_)[A-Za-z0-9_]*|TP_SOCKET_IFNAME|"
-                r"RANK|WORLD_SIZE|LOCAL_RANK|LOCAL_WORLD_SIZE|GROUP_RANK|MASTER_ADDR|MASTER_PORT|NODE_RANK")
+PASS_PATTERN = f"({'|'.join(PASS_PREFIXES)})[A-Za-z0-9_]*|" + "|".join(PASS_NAMES)
 SHIM = ("for v in $(env | grep -E '^(" + PASS_PATTERN + ")=' | cut -d= -f1); do "
         'eval "export SINGULARITYENV_$v=\\"\\$$v\\" APPTAINERENV_$v=\\"\\$$v\\""; done; exec "$@"')
 
