@@ -180,14 +180,17 @@ def preflight(docs: store.BundleDocs, plan) -> Preflight:
         if key in rec and rec[key] != new[key]:
             pf.mismatches.append(f"layout: {key} is {new[key]} here, {rec[key]} in the bundle")
     old_rt = docs.provenance.get("runtime") or {}
-    if old_rt.get("digest"):
+    if old_rt.get("digest") and not plan.image:
+        pf.mismatches.append(f"image: the bundle ran in an image (digest {str(old_rt['digest'])[:80]}); this run would "
+                             f"be on the host (pass --runtime and --image to reproduce it in that image)")
+    elif old_rt.get("digest"):
         try:
             now = runtimes.get(plan.runtime, image=plan.image).describe()
         except KitError as e:
             now = {"error": str(e)}
         if now.get("digest") != old_rt["digest"]:
             pf.mismatches.append(f"image: {plan.image} has digest {now.get('digest') or now.get('error') or 'unknown'} here, "
-                                 f"the bundle ran {old_rt['digest']}")
+                                 f"the bundle ran {str(old_rt['digest'])[:80]}")
     if rec.get("threads_per_rank") and rec["threads_per_rank"] != new["threads_per_rank"]:
         pf.notes.append(f"threads per rank: {new['threads_per_rank']} here, {rec['threads_per_rank']} in the bundle")
     host = docs.provenance.get("host") or {}

@@ -148,7 +148,8 @@ def test_reproduce_checks_the_image_digest(x86_image, tmp_path):
     """`kit reproduce` of a bundle that ran in an image: while the reference still names that
     image, the run is repeated (same digest recorded, loss equal); once the same reference
     names another image (rebuilt with one label changed), it refuses with exit 4 and both
-    digests, and runs nothing."""
+    digests, and runs nothing. The image is passed explicitly: a reproduction never takes an
+    image from a bundle (tests/test_reproduce_trust.py)."""
     from conftest import kit_cli
 
     ref = "localhost/kit-reproduce-test:current"
@@ -162,7 +163,8 @@ def test_reproduce_checks_the_image_digest(x86_image, tmp_path):
         assert digest == x86_image["digest"]
 
         # timings of a 4-iteration run are noise: wide timing/memory tolerances, exact-ish loss
-        tol = ["--tolerance", "5", "--mem-tolerance", "5", "--loss-tolerance", "1e-4"]
+        tol = ["--tolerance", "5", "--mem-tolerance", "5", "--loss-tolerance", "1e-4", "--runtime", "podman",
+               "--image", ref]
         r = kit_cli("reproduce", str(bundle), "--out", str(tmp_path / "b"), *tol, cwd=tmp_path)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "environment mismatch" not in r.stdout
