@@ -122,6 +122,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="progress to stderr; the result (bundle path, id, status, "
                                                          "summary) as the last line of stdout, in JSON")] = False,
     repeat: Annotated[int, typer.Option(min=1, help="run N times as one group (OUT/<group>/: N bundles sharing a group id)")] = 1,
+    spread: Annotated[Optional[str], typer.Option(help="with --repeat: space the runs' starts evenly over this time "
+                                                       "(e.g. 30m, 2h)")] = None,
 ):
     """Run a recipe under presets, watch it, and write a result bundle."""
     from kit import repeat as repeat_mod, runner
@@ -134,8 +136,9 @@ def run(
         _print_dry_run(plan, as_json)
         return
     con = err if as_json else console
+    spread_s = repeat_mod.parse_duration(spread, "kit run --spread") if spread else 0.0
     if repeat > 1:
-        g = repeat_mod.run_group(plan, repeat, out, con)
+        g = repeat_mod.run_group(plan, repeat, out, con, spread_s=spread_s)
         if as_json:
             _print_json({"group": g.group, "path": str(g.path), "runs": [_run_result(o) for o in g.outcomes]},
                         one_line=True)
@@ -179,16 +182,29 @@ def noise_cmd(
     preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: key=value")] = None,
     repeat: Annotated[int, typer.Option(min=2, help="identical runs to measure")] = 5,
+    spread: Annotated[Optional[str], typer.Option(help="space the runs' starts evenly over this time (e.g. 30m, 2h), "
+                                                       "so that they see the host at different times")] = None,
+    from_: Annotated[Optional[list[str]], typer.Option("--from", help="add finished runs of this recipe made on this "
+                                                       "host (a bundle or a group's directory; repeatable) "
+                                                       "instead of running any")] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="forget the runs stored before (the host changed)")] = False,
     out: Annotated[Path, typer.Option(help="results directory (the runs are OUT/<group>/)")] = Path("results"),
     show: Annotated[bool, typer.Option("--show", help="print the stored floor for this host and recipe; run nothing")] = False,
     as_json: JsonOpt = False,
 ):
-    """This host's noise floor for a recipe: N identical runs, by how much they differ (stored; compare and reproduce use it)."""
+    """This host's noise floor for a recipe: identical runs, by how much they differ (stored, adding to earlier
+    measurements; compare and reproduce use it)."""
     from kit import hostinfo, noise, repeat as repeat_mod
 
     plan = plan_mod.resolve(recipe_name=recipe, overrides=set_ or [], preset_names=preset or None)
+    host = str(hostinfo.describe().get("hostname"))
+    if from_:
+        path = repeat_mod.noise_from(plan, [Path(p) for p in from_], host, err if as_json else console, reset=reset)
+        if as_json:
+            _print_json({"stored": str(path), "record": json.loads(path.read_text())}, one_line=True)
+        return
     if show:
-        rec = noise.load(str(hostinfo.describe().get("hostname")), plan.recipe_name, plan.summary()["recipe_sha256"])
+        rec = noise.load(host, plan.recipe_name, plan.summary()["recipe_sha256"])
         if rec is None:
             raise KitError(f"no noise floor stored for {plan.recipe_name} on this host", where="kit noise --show",
                            fix=f"measure one: kit noise {recipe}" + "".join(f" --set {s}" for s in set_ or []))
@@ -197,9 +213,10 @@ def noise_cmd(
         else:
             console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
         return
-    group, path = repeat_mod.measure_noise(plan, repeat, out, err if as_json else console)
+    spread_s = repeat_mod.parse_duration(spread, "kit noise --spread") if spread else 0.0
+    group, path = repeat_mod.measure_noise(plan, repeat, out, err if as_json else console, spread_s=spread_s, reset=reset)
     if path is None:
-        err.print("kit: noise floor not stored: fewer than 2 runs finished", highlight=False, markup=False)
+        err.print("kit: noise floor not stored: no run finished", highlight=False, markup=False)
     if as_json:
         _print_json({"group": group.group, "path": str(group.path), "stored": str(path) if path else None,
                      "record": json.loads(path.read_text()) if path else None}, one_line=True)

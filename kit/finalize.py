@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, claim, metrics, provenance, settings, table
+from kit import bundle as bundle_mod, claim, metricdefs, metrics, provenance, settings, table
 from kit.bundle import Bundle
 from kit.logparse import IterationRecord
 from kit.outcome import Outcome, print_result
@@ -87,7 +87,7 @@ def _claim_finalization(b: Bundle, console: Console) -> Outcome | None:
 def _measured(summary: dict[str, Any]) -> tuple[str, str]:
     """A run the launcher ended well is ok only if its sec/it and memory were measured:
     otherwise "failed", saying which figure is missing and why (its value stays None)."""
-    missing = {k: v for k, v in summary["not_measured"].items() if k in ("sec_per_iter", "peak_mem_mib")}
+    missing = {k: v for k, v in summary["not_measured"].items() if k in metricdefs.required()}
     if not missing:
         return "ok", ""
     return "failed", "not measured: " + "; ".join(f"{k} ({why})" for k, why in missing.items())

@@ -101,6 +101,12 @@ class Metric:
     compare: bool = False  # listed (with its change) by ``kit compare``
     show: bool = False  # listed by ``kit bundle show``
     reproduce: Literal["timing", "memory", "loss"] | None = None  # checked by ``kit reproduce``
+    #: how ``kit compare`` judges it (``kit.results.judge``): ``timing``, the verdict over runs or
+    #: iterations (one such metric); ``rate``, a rate of that timing, judged with it (inverted);
+    #: ``memory``, over runs or against the noise floor. ``timing`` and ``memory`` metrics are the
+    #: ones ``kit noise`` stores a floor for. Others: judged by their direction, or shown.
+    judged: Literal["timing", "rate", "memory"] | None = None
+    required: bool = False  # a run the launcher ended well is ``ok`` only if this was measured
     kind: Literal["number", "text", "mapping"] = "number"  # what a bundle's reader accepts (or null)
 
     @property
@@ -116,22 +122,24 @@ METRICS: tuple[Metric, ...] = (
     Metric("warmup_iters", "iterations", "the recipe's warm-up iterations, left out of the timing"),
     Metric("sec_per_iter", "s", "median of the elapsed time per iteration (ms / 1000) after the warm-up",
            label="sec/it", better="lower", column="sec_per_iter", finished_only=True, cell=_cell_sec,
-           chart="sec_per_iter.png", compare=True, show=True, reproduce="timing"),
+           chart="sec_per_iter.png", compare=True, show=True, reproduce="timing", judged="timing", required=True),
     Metric("sec_per_iter_min", "s", "fastest timed iteration", better="lower", compare=True),
     Metric("sec_per_iter_max", "s", "slowest timed iteration", better="lower", compare=True),
     Metric("tflops", "TFLOP/s", "Megatron's formula (kit.flops) on sec/it, per node", label="TFLOPs",
            better="higher", column="tflops", finished_only=True, cell=_cell_tflops, chart="tflops.png",
-           compare=True, show=True, reproduce="timing"),
-    Metric("tflops_per_rank", "TFLOP/s", "Megatron's formula on sec/it, per rank", better="higher", compare=True),
+           compare=True, show=True, reproduce="timing", judged="rate"),
+    Metric("tflops_per_rank", "TFLOP/s", "Megatron's formula on sec/it, per rank", better="higher", compare=True,
+           judged="rate"),
     Metric("est_aggr_pflops", "PFLOP/s", "TFLOPs per node times the node count / 1000", better="higher",
-           column="est_aggr_pflops", finished_only=True, cell=_cell_pflops, compare=True, show=True),
+           column="est_aggr_pflops", finished_only=True, cell=_cell_pflops, compare=True, show=True, judged="rate"),
     Metric("flops_per_iter", "FLOP", "Megatron's formula: floating-point operations of one iteration"),
-    Metric("samples_per_sec", "samples/s", "global batch / sec/it", better="higher", compare=True, show=True),
+    Metric("samples_per_sec", "samples/s", "global batch / sec/it", better="higher", compare=True, show=True,
+           judged="rate"),
     Metric("tokens_per_sec", "tokens/s", "global batch x sequence length / sec/it", better="higher", compare=True,
-           show=True),
+           show=True, judged="rate"),
     Metric("peak_mem_mib", "MiB", "per node, the sum over its ranks of each rank's peak RSS (process tree); "
            "the largest node", label="peak memory", better="lower", column="mem_mib", cell=_cell_mem,
-           chart="memory.png", compare=True, show=True, reproduce="memory"),
+           chart="memory.png", compare=True, show=True, reproduce="memory", judged="memory", required=True),
     Metric("peak_mem_mib_per_node", "MiB", "per node, the sum over its ranks of each rank's peak RSS", kind="mapping"),
     Metric("program_mem_used_mib", "MiB", "largest 'CPU memory (MB) | used' the program printed (DeepSpeedFugaku: "
            "psutil's used memory of the whole node, other processes included); None when it prints none"),
@@ -185,6 +193,16 @@ def shown() -> tuple[Metric, ...]:
 
 def reproduced() -> tuple[Metric, ...]:
     return tuple(m for m in METRICS if m.reproduce)
+
+
+def judged(how: str) -> tuple[Metric, ...]:
+    """The metrics ``kit compare`` judges as ``how`` (timing, rate, memory)."""
+    return tuple(m for m in METRICS if m.judged == how)
+
+
+def required() -> tuple[str, ...]:
+    """The figures without which a run is not ``ok`` (``kit.finalize``)."""
+    return tuple(m.name for m in METRICS if m.required)
 
 
 def columns() -> tuple[Metric, ...]:

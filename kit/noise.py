@@ -1,18 +1,27 @@
 """A host's noise floor for a recipe: by how much identical runs differ on this host.
 
-``kit noise RECIPE [--preset P] [--repeat N]`` runs the recipe N times (default 5) as one
-group (:mod:`kit.repeat`) and stores, per metric, the runs' values and their floor
-ln(max/min): the largest factor by which identical runs differed here
-(:func:`kit.verdict.noise_floor`). ``kit compare`` and ``kit reproduce`` read it when a side
-has too few runs for an interval over runs (see :mod:`kit.verdict`): an effect must then
-exceed the floor to count.
+``kit noise RECIPE [--preset P] [--repeat N] [--spread 30m]`` runs the recipe N times (default
+5) as one group (:mod:`kit.repeat`), ``--spread`` spacing the runs' starts over that time;
+``kit noise RECIPE --from DIR`` takes finished runs instead (a ``kit run --repeat`` group, a
+sweep's repeats). Either adds its runs, as one *session*, to what is stored for this host and
+recipe: measurements accumulate, so running ``kit noise`` again at another hour widens what
+the floor has seen. Sessions older than ``MAX_AGE_DAYS`` are dropped, and the oldest beyond
+``MAX_RUNS`` runs; ``--reset`` starts afresh (the host changed).
+
+Per metric, the record keeps every run's value, their spread ln(max/min), and the floor
+(:func:`kit.verdict.noise_floor`): a 95% bound on the factor between two more identical
+runs, from the runs' standard deviation (around each preset's own mean) with Student's t for
+their number. ``kit compare`` and ``kit reproduce`` read it when a side has too few runs for
+an interval over runs (see :mod:`kit.verdict`): an effect must then exceed the floor to count.
+The span of time the runs cover is kept and shown: runs close together miss the load changes
+between them (BENCHMARKS.md section 7), and ``describe`` says so below ``SHORT_SPAN_S``.
 
 Stored under the kit's cache directory, keyed by host and recipe:
 ``$KIT_CACHE_DIR/noise/<hostname>/<recipe>-<recipe sha256, 12 digits>.json`` (the hash is
 of the recipe as resolved, overrides included, so ``tiny`` with 4 iterations has its own
-floor, and an edited recipe file is a new one). The preset it was measured under is
-recorded; the floor serves every preset of that recipe on that host. A newer measurement
-replaces the older. The file is this machine's own cache, never part of a bundle.
+floor, and an edited recipe file is a new one). The floor serves every preset of that recipe
+on that host. The file is this machine's own cache, never part of a bundle; one in an older
+layout (no sessions) is ignored.
 """
 
 from __future__ import annotations
@@ -20,14 +29,18 @@ from __future__ import annotations
 import json
 import math
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import kit
-from kit import bundle as bundle_mod
-from kit.verdict import noise_floor
+from kit import bundle as bundle_mod, metricdefs
+from kit.verdict import noise_floor, spread
 
-METRICS = ("sec_per_iter", "peak_mem_mib")
+METRICS = tuple(m.name for how in ("timing", "memory") for m in metricdefs.judged(how))
+MAX_RUNS = 100
+MAX_AGE_DAYS = 30
+SHORT_SPAN_S = 30 * 60
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -35,17 +48,53 @@ def path_for(host: str, recipe: str, recipe_sha256: str) -> Path:
     return kit.cache_dir() / "noise" / _SAFE.sub("-", host or "unknown") / f"{_SAFE.sub('-', recipe)}-{recipe_sha256[:12]}.json"
 
 
-def make_record(*, host: str, recipe: str, recipe_sha256: str, presets: list[str], group: str,
-                runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The stored document from the group's runs (``{"bundle", "sec_per_iter", "peak_mem_mib"}`` each)."""
+def _when(text: Any) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def session(*, presets: list[str], group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One measurement: ``runs`` are ``{"bundle", "started", <metric>: value}`` of finished runs."""
+    return {"group": group, "presets": list(presets), "added": bundle_mod.now_iso(), "runs": runs}
+
+
+def make_record(*, host: str, recipe: str, recipe_sha256: str, sessions: list[dict[str, Any]],
+                now: datetime | None = None) -> dict[str, Any]:
+    """The stored document: the sessions kept (age and count limits) and each metric's floor over them."""
+    now = now or datetime.now(timezone.utc)
+    kept = [s for s in sessions if (_when(s.get("added")) or now) >= now - timedelta(days=MAX_AGE_DAYS)]
+    while len(kept) > 1 and sum(len(s["runs"]) for s in kept) > MAX_RUNS:
+        kept.pop(0)
+    runs = [r for s in kept for r in s["runs"]]
+    starts = sorted(t for t in (_when(r.get("started")) for r in runs) if t)
     metrics = {}
     for m in METRICS:
-        values = [r[m] for r in runs if r.get(m)]
-        floor = noise_floor(values)
-        metrics[m] = {"values": values, "floor": floor, "factor": None if floor is None else math.exp(floor)}
-    return {"host": host, "recipe": recipe, "recipe_sha256": recipe_sha256, "presets": presets, "group": group,
-            "measured": bundle_mod.now_iso(), "runs": len(runs), "bundles": [r["bundle"] for r in runs],
-            "metrics": metrics}
+        by_preset: dict[str, list[float]] = {}
+        for s in kept:
+            by_preset.setdefault("+".join(s["presets"]), []).extend(
+                float(r[m]) for r in s["runs"] if isinstance(r.get(m), (int, float)) and r[m] > 0)
+        values = [v for vs in by_preset.values() for v in vs]
+        f = noise_floor(list(by_preset.values()))
+        sp = spread(values)
+        metrics[m] = {"values": values, "runs": len(values), "df": f.df if f else None,
+                      "spread": sp, "floor": f.value if f else None, "factor": math.exp(f.value) if f else None}
+    return {"host": host, "recipe": recipe, "recipe_sha256": recipe_sha256, "updated": bundle_mod.now_iso(),
+            "runs": len(runs), "span_s": (starts[-1] - starts[0]).total_seconds() if len(starts) > 1 else None,
+            "presets": sorted({"+".join(s["presets"]) for s in kept}), "sessions": kept, "metrics": metrics}
+
+
+def add_session(*, host: str, recipe: str, recipe_sha256: str, new: dict[str, Any], reset: bool = False) -> dict[str, Any]:
+    """The stored record with ``new`` added (runs already stored are not counted twice)."""
+    old = None if reset else load(host, recipe, recipe_sha256)
+    sessions = list(old["sessions"]) if old else []
+    seen = {r.get("bundle") for s in sessions for r in s["runs"]}
+    new = {**new, "runs": [r for r in new["runs"] if r.get("bundle") not in seen]}
+    if new["runs"]:
+        sessions.append(new)
+    return make_record(host=host, recipe=recipe, recipe_sha256=recipe_sha256, sessions=sessions)
 
 
 def save(record: dict[str, Any]) -> Path:
@@ -55,20 +104,26 @@ def save(record: dict[str, Any]) -> Path:
 
 
 def load(host: str, recipe: str, recipe_sha256: str) -> dict[str, Any] | None:
-    """The stored record, or None (none measured, or unreadable: a cache, not an input)."""
+    """The stored record, or None (none measured, an older layout, or unreadable: a cache, not an input)."""
     try:
         doc = json.loads(path_for(host, recipe, recipe_sha256).read_text())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) else None
+    ok = isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) and isinstance(doc.get("sessions"), list)
+    return doc if ok else None
 
 
 def floor_of(record: dict[str, Any] | None, metric: str) -> float | None:
-    """ln(max/min) of ``metric`` in the record, or None."""
+    """The stored floor of ``metric`` (ln of a factor), or None."""
     if not record:
         return None
     f = (record["metrics"].get(metric) or {}).get("floor")
     return float(f) if isinstance(f, (int, float)) and math.isfinite(f) and f >= 0 else None
+
+
+def _duration(seconds: float) -> str:
+    m = round(seconds / 60)
+    return f"{m // 60} h {m % 60} min" if m >= 60 else f"{m} min"
 
 
 def describe(record: dict[str, Any]) -> str:
@@ -76,9 +131,16 @@ def describe(record: dict[str, Any]) -> str:
     for m in METRICS:
         d = record["metrics"].get(m) or {}
         if d.get("factor"):
-            parts.append(f"{m} x{d['factor']:.3f} (ln {d['floor']:.3f}; {len(d['values'])} runs: "
-                         + ", ".join(f"{v:.4g}" for v in d["values"]) + ")")
+            parts.append(f"{m} x{d['factor']:.3f} (ln {d['floor']:.3f}; {d['runs']} runs spread "
+                         f"x{math.exp(d['spread']):.3f}: " + ", ".join(f"{v:.4g}" for v in d["values"]) + ")")
         else:
-            parts.append(f"{m} not measured")
-    return (f"noise floor of {record['recipe']} on {record['host']} [{'+'.join(record['presets'])}], "
-            f"{record['runs']} runs, {record['measured']}: " + "; ".join(parts))
+            parts.append(f"{m} not measured (fewer than 2 runs of one preset)")
+    span = record.get("span_s")
+    when = f"over {_duration(span)}" if span else "at one time"
+    text = (f"noise floor of {record['recipe']} on {record['host']} [{', '.join(record['presets'])}], "
+            f"{record['runs']} runs in {len(record['sessions'])} session(s) {when}, updated {record['updated']}: "
+            + "; ".join(parts))
+    if not span or span < SHORT_SPAN_S:
+        text += (f". The runs span under {SHORT_SPAN_S // 60} min: they miss the host's slower changes; "
+                 "add runs at another time (kit noise again, or --spread)")
+    return text

@@ -4,12 +4,17 @@ as the host's noise floor, stored by :mod:`kit.noise`).
 Each repeat is an ordinary bundle; their manifests share a ``group`` id and they live in
 one directory, ``OUT/<group id>/``, so the group can be named by its path (``kit compare
 results/<group-a> results/<group-b>``) and ``kit report`` shows it as one row (median and
-spread). Runs follow one another (never side by side: they would slow each other down).
-An interrupted repeat stops the group; a failed one does not (the others still measure).
+spread). Runs follow one another (never side by side: they would slow each other down);
+``spread_s`` spaces their starts evenly over that many seconds, so that the repeats see the
+host at different times, not one quiet (or busy) stretch. An interrupted repeat stops the
+group, and so does Ctrl-C while waiting between runs; a failed one does not (the others
+still measure).
 """
 
 from __future__ import annotations
 
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 from rich.console import Console
 
 from kit import bundle as bundle_mod, noise, runner
-from kit.errors import EXIT_INTERRUPTED
+from kit.errors import EXIT_INTERRUPTED, KitError
 from kit.outcome import Outcome
 from kit.plan import Plan
 
@@ -31,22 +36,48 @@ class GroupOutcome:
     group: str
     path: Path
     outcomes: list[Outcome] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C between two runs
 
     @property
     def exit_code(self) -> int:
         """The first repeat's non-zero exit code (interrupted first), else 0."""
         codes = [o.exit_code for o in self.outcomes]
-        if EXIT_INTERRUPTED in codes:
+        if self.interrupted or EXIT_INTERRUPTED in codes:
             return EXIT_INTERRUPTED
         return next((c for c in codes if c), 0)
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, where: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    m = _DURATION.match(text or "")
+    if not m:
+        raise KitError(f"{text!r} is not a duration", where=where, fix="give seconds or a number with s, m, h or d, e.g. 30m")
+    return float(m.group(1)) * _UNIT_S[m.group(2)]
+
+
 def run_group(plan: Plan, n: int, out: Path, console: Console, *, group: str | None = None,
-              extra_files: dict[str, Any] | None = None) -> GroupOutcome:
-    """Run ``plan`` ``n`` times into ``out/<group>/``, each a bundle whose manifest names the group."""
+              extra_files: dict[str, Any] | None = None, spread_s: float = 0.0) -> GroupOutcome:
+    """Run ``plan`` ``n`` times into ``out/<group>/``, each a bundle whose manifest names the
+    group; with ``spread_s``, run i starts (i-1) * spread_s / (n-1) seconds after the first
+    (or as soon as the run before it ends, if that is later)."""
     group = group or new_group_id(plan)
     res = GroupOutcome(group=group, path=out / group)
+    first = time.monotonic()
     for i in range(1, n + 1):
+        if spread_s and i > 1:
+            wait = first + (i - 1) * spread_s / (n - 1) - time.monotonic()
+            if wait > 0:
+                console.print(f"waiting {wait / 60:.1f} min before repeat {i}/{n} (--spread)", highlight=False, markup=False)
+                try:
+                    time.sleep(wait)
+                except KeyboardInterrupt:
+                    console.print("interrupted while waiting: the group stops here", highlight=False, markup=False)
+                    res.interrupted = True
+                    break
         console.print(f"repeat {i}/{n} of group {group}", highlight=False, markup=False)
         o = runner.run(plan, res.path, console, extra_files=extra_files, group=group)
         res.outcomes.append(o)
@@ -57,22 +88,59 @@ def run_group(plan: Plan, n: int, out: Path, console: Console, *, group: str | N
     return res
 
 
-def measure_noise(plan: Plan, n: int, out: Path, console: Console) -> tuple[GroupOutcome, Path | None]:
-    """``kit noise``: ``n`` identical runs as a group, their spread stored as this host's noise
-    floor for the recipe (:mod:`kit.noise`); the path is None when fewer than 2 runs finished."""
-    g = run_group(plan, n, out, console)
+def _store(host: str, plan_recipe: str, recipe_sha256: str, new: dict[str, Any], reset: bool,
+           console: Console) -> Path:
+    rec = noise.add_session(host=host, recipe=plan_recipe, recipe_sha256=recipe_sha256, new=new, reset=reset)
+    path = noise.save(rec)
+    console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
+    console.print(f"stored: {path}", highlight=False, markup=False, soft_wrap=True)
+    return path
+
+
+def measure_noise(plan: Plan, n: int, out: Path, console: Console, *, spread_s: float = 0.0,
+                  reset: bool = False) -> tuple[GroupOutcome, Path | None]:
+    """``kit noise``: ``n`` identical runs as a group, added as one session to this host's
+    noise record for the recipe (:mod:`kit.noise`); the path is None when no run finished."""
+    g = run_group(plan, n, out, console, spread_s=spread_s)
     runs, host = [], None
     for o in g.outcomes:
         if o.status != "ok":
             continue
         host = host or (bundle_mod.load_json(o.bundle.path, "provenance.json").get("host") or {}).get("hostname")
-        runs.append({"bundle": o.bundle.id, **{m: o.summary.get(m) for m in noise.METRICS}})
-    if len(runs) < 2:
+        started = bundle_mod.load_json(o.bundle.path, "manifest.json").get("created")
+        runs.append({"bundle": o.bundle.id, "started": started, **{m: o.summary.get(m) for m in noise.METRICS}})
+    if not runs:
         return g, None
-    summary = plan.summary()
-    rec = noise.make_record(host=host or "unknown", recipe=plan.recipe_name, recipe_sha256=summary["recipe_sha256"],
-                            presets=plan.preset_names, group=g.group, runs=runs)
-    path = noise.save(rec)
-    console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
-    console.print(f"stored: {path}", highlight=False, markup=False, soft_wrap=True)
-    return g, path
+    new = noise.session(presets=plan.preset_names, group=g.group, runs=runs)
+    return g, _store(host or "unknown", plan.recipe_name, plan.summary()["recipe_sha256"], new, reset, console)
+
+
+def noise_from(plan: Plan, paths: list[Path], host: str, console: Console, *, reset: bool = False) -> Path:
+    """``kit noise --from``: finished runs already made (each path a bundle or a group's
+    directory, read and verified by :func:`kit.results.judge.load_side`) added as one session.
+    They must be this recipe as resolved, on this host, and one preset: anything else is refused."""
+    from kit.results.judge import load_side
+    from kit.results.store import dotted
+
+    sha = plan.summary()["recipe_sha256"]
+    runs, presets, groups = [], set(), set()
+    for p in paths:
+        side = load_side(p)
+        for d in side.ok:
+            where = f"{p}: {d.path.name}"
+            if dotted(d.provenance, "plan.recipe_sha256") != sha:
+                raise KitError("a run of another recipe (or the recipe with other values)", where=where,
+                               fix=f"give runs of {plan.recipe_name} with the same --set values, or other --set values")
+            if dotted(d.provenance, "host.hostname") != host:
+                raise KitError("a run made on another host", where=where, fix="a host's floor is measured on that host")
+            presets.add(str(d.manifest.get("preset")))
+            groups.add(str(d.manifest.get("group") or d.id))
+            runs.append({"bundle": str(d.id), "started": str(d.manifest.get("created")),
+                         **{m: dotted(d.metrics, f"summary.{m}") for m in noise.METRICS}})
+    if not runs:
+        raise KitError("no finished run found", where=" ".join(map(str, paths)), fix="name bundles or groups whose status is ok")
+    if len(presets) > 1:
+        raise KitError(f"runs of several presets ({', '.join(sorted(presets))})", where=" ".join(map(str, paths)),
+                       fix="one preset per --from: identical runs only")
+    new = noise.session(presets=sorted(presets)[0].split("+"), group=",".join(sorted(groups)), runs=runs)
+    return _store(host, plan.recipe_name, sha, new, reset, console)

@@ -36,11 +36,13 @@ The thresholds (``decide``)
     2. the effect |ln ratio| is at least ``MIN_EFFECT`` = ln 1.01 (1%): iteration times are
        logged to 0.1 ms and no sweep decision turns on less;
     3. on the ``iterations`` and ``values`` bases only: the effect exceeds the host's
-       noise floor for the recipe (``kit noise``: ln(max/min) of sec/it over N identical
-       runs, i.e. the largest factor by which identical runs differed here). Without a
-       floor the verdict is ``within noise`` and says why: one run per side cannot tell a
-       change from a loaded machine (the issue's own case: the same command re-ran 3.6x
-       faster on one CI machine).
+       noise floor for the recipe (``kit noise``, :func:`noise_floor`): the factor within
+       which two more identical runs fall with 95% confidence, from the stored runs'
+       spread with Student's t for their number, so that one run per side is called
+       faster or slower only when identical runs would differ by as much less than 5% of
+       the time. Without a floor the verdict is ``within noise`` and says why: one run per
+       side cannot tell a change from a loaded machine (the issue's own case: the same
+       command re-ran 3.6x faster on one CI machine).
     ``within noise`` otherwise, with the reason. ``not comparable`` when the two sides differ
     in what the number measures (recipe values, layout, hardware, software), each named by
     the caller; the ratio is still shown.
@@ -144,12 +146,72 @@ def log_shift(a: Sequence[float], b: Sequence[float], confidence: float = CONFID
     return Shift(est, diffs[k - 1], diffs[len(diffs) - k])
 
 
-def noise_floor(values: Sequence[float]) -> float | None:
-    """ln(max/min) of identical runs' values: the largest factor by which they differed."""
+def spread(values: Sequence[float]) -> float | None:
+    """ln(max/min) of identical runs' values: the largest factor by which they differed (shown
+    beside the floor; not the floor: a few runs see less than the host will show)."""
     vals = [v for v in values if v is not None and v > 0]
-    if len(vals) < 2:
+    return math.log(max(vals) / min(vals)) if len(vals) >= 2 else None
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with ``df`` degrees of freedom (p > 0.5; bisection on the
+    closed-form CDF for integer df, so no scipy for one number)."""
+    if df < 1 or not 0.5 < p < 1:
+        raise ValueError("t_quantile needs df >= 1 and 0.5 < p < 1")
+
+    def two_sided(t: float) -> float:  # P(|T| < t): Abramowitz & Stegun 26.7.3-4
+        theta = math.atan(t / math.sqrt(df))
+        c2, s = math.cos(theta) ** 2, math.sin(theta)
+        if df % 2:
+            term, acc = 1.0, 1.0 if df > 1 else 0.0
+            for k in range(3, df - 1, 2):
+                term *= c2 * (k - 1) / k
+                acc += term
+            return (2 / math.pi) * (theta + (s * math.cos(theta) * acc if df > 1 else 0.0))
+        term, acc = 1.0, 1.0
+        for k in range(2, df - 1, 2):
+            term *= c2 * (k - 1) / k
+            acc += term
+        return s * acc
+
+    target = 2 * p - 1
+    lo, hi = 0.0, 1.0
+    while two_sided(hi) < target:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if two_sided(mid) < target else (lo, mid)
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class Floor:
+    """A host's noise floor for one metric: ``value`` = ln of the factor within which two more
+    identical runs fall with ``confidence`` (module docstring, condition 3)."""
+    value: float
+    runs: int
+    df: int
+    sd: float  # of ln(value) around each group's mean
+
+
+def noise_floor(groups: Sequence[Sequence[float]], confidence: float = CONFIDENCE) -> Floor | None:
+    """The prediction bound on |ln(b/a)| for two further runs like these: t(df) * s * sqrt(2).
+
+    ``groups``: identical runs' values, one list per setting measured (a preset's runs); s is
+    the pooled standard deviation of ln(value) around each group's own mean, df = runs -
+    groups. Student's t makes few runs count for what they are (3 runs: t = 4.30; many: 1.96),
+    where the runs' own range would take their luck as the host's: BENCHMARKS.md section 7,
+    three back-to-back runs spread x1.21 where five over 46 minutes spread x2.60. None with
+    fewer than one degree of freedom."""
+    logs = [[math.log(v) for v in g if v is not None and v > 0] for g in groups]
+    logs = [g for g in logs if g]
+    n = sum(len(g) for g in logs)
+    df = n - len(logs)
+    if df < 1:
         return None
-    return math.log(max(vals) / min(vals))
+    ss = sum((x - sum(g) / len(g)) ** 2 for g in logs for x in g)
+    sd = math.sqrt(ss / df)
+    return Floor(value=t_quantile(1 - (1 - confidence) / 2, df) * sd * math.sqrt(2), runs=n, df=df, sd=sd)
 
 
 @dataclass(frozen=True)
@@ -193,7 +255,7 @@ def decide(a: Sequence[float], b: Sequence[float], *, basis: str, runs: tuple[in
            words: tuple[str, str] = ("faster", "slower"), confidence: float = CONFIDENCE) -> Judgement:
     """The verdict on samples ``a`` and ``b`` of a metric (see the module docstring).
 
-    ``floor``: the host's noise floor, ln(max/min) of identical runs (None: not measured),
+    ``floor``: the host's noise floor, ln of a factor (:func:`noise_floor`; None: not measured),
     required on the ``iterations`` and ``values`` bases. ``words``: what B is called when
     its metric is better / worse (``lower_is_better`` says which direction is better).
     """

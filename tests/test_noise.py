@@ -1,6 +1,7 @@
 """kit noise and kit run --repeat with real runs: a group of identical runs in OUT/<group>/,
 their spread stored as this host's noise floor for the recipe, read back by --show and by
-kit compare. Nothing here asserts a timing: only where figures go and that they agree."""
+kit compare, and added to by --from. Nothing here asserts a timing: only where figures go
+and that they agree."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import math
 
 import pytest
 
-from kit import bundle as bundle_mod
+from kit import bundle as bundle_mod, verdict
 from kit.results import judge, store
 from conftest import kit_cli
 
@@ -33,8 +34,11 @@ def test_noise_runs_a_group_and_stores_its_spread(tmp_path, monkeypatch):
     rec = json.loads(stored[0].read_text())
     spi = sorted(store.load(b).metrics["summary"]["sec_per_iter"] for b in bundles)
     assert sorted(rec["metrics"]["sec_per_iter"]["values"]) == spi
-    assert rec["metrics"]["sec_per_iter"]["floor"] == pytest.approx(math.log(spi[1] / spi[0]))
-    assert rec["group"] == groups[0].name and rec["presets"] == ["baseline"] and rec["runs"] == 2
+    floor = verdict.noise_floor([spi]).value  # Student's t with 1 degree of freedom: wide, as 2 runs deserve
+    assert rec["metrics"]["sec_per_iter"]["floor"] == pytest.approx(floor) and floor > math.log(spi[1] / spi[0])
+    assert rec["metrics"]["sec_per_iter"]["spread"] == pytest.approx(math.log(spi[1] / spi[0]))
+    assert [s["group"] for s in rec["sessions"]] == [groups[0].name] and rec["presets"] == ["baseline"]
+    assert rec["runs"] == 2 and rec["span_s"] > 0
     host = store.load(bundles[0]).provenance["host"]["hostname"]
     assert stored[0].parent.name == host
     shown = kit_cli("noise", "tiny", *SHORT, "--show", env=env)
@@ -45,7 +49,15 @@ def test_noise_runs_a_group_and_stores_its_spread(tmp_path, monkeypatch):
     assert other.returncode == 2 and "no noise floor stored" in other.stderr
     # kit compare of the group's two runs reads the floor it was measured with
     j = judge.judge(judge.load_side(bundles[0]), judge.load_side(bundles[1]))
-    assert j.noise and j.get("sec_per_iter").judgement.floor == pytest.approx(spi[1] / spi[0])
+    assert j.noise and j.get("sec_per_iter").judgement.floor == pytest.approx(math.exp(floor))
+    # --from the same group: its runs are stored already, nothing is counted twice
+    again = kit_cli("noise", "tiny", *SHORT, "--from", str(groups[0]), "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["record"]["runs"] == 2 and len(json.loads(stored[0].read_text())["sessions"]) == 1
+    # a group of another recipe value is refused in one line, the stored record kept
+    wrong = kit_cli("noise", "tiny", "--set", "train.iters=5", "--from", str(groups[0]), env=env)
+    assert wrong.returncode == 2 and "another recipe" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1 and json.loads(stored[0].read_text())["runs"] == 2
 
 
 def test_show_reads_this_hosts_floor_for_the_resolved_recipe(tmp_path, monkeypatch):
@@ -53,15 +65,18 @@ def test_show_reads_this_hosts_floor_for_the_resolved_recipe(tmp_path, monkeypat
     from kit import hostinfo, noise, plan as plan_mod
 
     plan = plan_mod.resolve(recipe_name="tiny", overrides=["train.iters=4"], preset_names=None)
+    runs = [{"bundle": "a", "sec_per_iter": 0.4, "peak_mem_mib": 700.0},
+            {"bundle": "b", "sec_per_iter": 0.5, "peak_mem_mib": 710.0}]
     rec = noise.make_record(host=str(hostinfo.describe()["hostname"]), recipe="tiny",
-                            recipe_sha256=plan.summary()["recipe_sha256"], presets=["baseline"], group="g",
-                            runs=[{"bundle": "a", "sec_per_iter": 0.4, "peak_mem_mib": 700.0},
-                                  {"bundle": "b", "sec_per_iter": 0.5, "peak_mem_mib": 710.0}])
+                            recipe_sha256=plan.summary()["recipe_sha256"],
+                            sessions=[noise.session(presets=["baseline"], group="g", runs=runs)])
     noise.save(rec)
     proc = kit_cli("noise", "tiny", "--set", "train.iters=4", "--show", "--json")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    assert got["metrics"]["sec_per_iter"]["floor"] == pytest.approx(math.log(1.25)) and got["runs"] == 2
+    spi, mem = verdict.noise_floor([[0.4, 0.5]]).value, verdict.noise_floor([[700.0, 710.0]]).value
+    assert got["metrics"]["sec_per_iter"]["floor"] == pytest.approx(spi) and got["runs"] == 2
     text = kit_cli("noise", "tiny", "--set", "train.iters=4", "--show").stdout
-    assert "sec_per_iter x1.250" in text and "peak_mem_mib x1.014" in text
+    assert f"sec_per_iter x{math.exp(spi):.3f}" in text and f"peak_mem_mib x{math.exp(mem):.3f}" in text
+    assert "spread x1.250" in text and "under 30 min" in text
     assert kit_cli("noise", "tiny", "--show").returncode == 2  # the recipe as resolved without the override: none

@@ -103,6 +103,7 @@ def test_values_basis_and_not_comparable():
     assert j.verdict == "smaller" and j.low is None
     nc = verdict.not_comparable(["layout: dp 1 vs 2"], [1.0], [0.5])
     assert nc.verdict == "not comparable" and nc.ratio == 0.5 and nc.reasons == ("layout: dp 1 vs 2",)
-    assert verdict.noise_floor([1.0, 1.2, 1.1]) == pytest.approx(math.log(1.2)) and verdict.noise_floor([1.0]) is None
+    assert verdict.spread([1.0, 1.2, 1.1]) == pytest.approx(math.log(1.2)) and verdict.spread([1.0]) is None
+    assert verdict.noise_floor([[1.0]]) is None and verdict.noise_floor([[1.0], [2.0]]) is None  # no degree of freedom
     with pytest.raises(ValueError):
         verdict.decide([0.0], [1.0], basis="runs")

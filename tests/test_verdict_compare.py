@@ -55,14 +55,15 @@ def test_one_run_per_side_uses_iterations_and_the_noise_floor(tmp_path):
     j = judge.judge(judge.load_side(a), judge.load_side(b)).get("sec_per_iter").judgement
     assert j.basis == "iterations" and (j.n_a, j.n_b) == (6, 6) and j.high < 1
     assert j.verdict == "within noise" and "kit noise" in j.reasons[0]
-    # a stored floor of x1.05 for this host and recipe: a 10% effect exceeds it
-    rec = noise.make_record(host="testhost", recipe="tiny", recipe_sha256="r" * 64, presets=["baseline"],
-                            group="g", runs=[{"bundle": "x", "sec_per_iter": 1.0, "peak_mem_mib": 700},
-                                             {"bundle": "y", "sec_per_iter": 1.05, "peak_mem_mib": 707}])
+    # ten identical runs here differed by 1%: a stored floor of about x1.02, which a 10% effect exceeds
+    runs = [{"bundle": f"r{i}", "sec_per_iter": 1.0 + i % 2 / 100, "peak_mem_mib": 700 + i % 2 * 7} for i in range(10)]
+    rec = noise.make_record(host="testhost", recipe="tiny", recipe_sha256="r" * 64,
+                            sessions=[noise.session(presets=["baseline"], group="g", runs=runs)])
     noise.save(rec)
+    assert 1.01 < math.exp(noise.floor_of(rec, "sec_per_iter")) < 1.05
     j = judge.judge(judge.load_side(a), judge.load_side(b))
     spi = j.get("sec_per_iter").judgement
-    assert spi.verdict == "faster" and spi.floor == pytest.approx(1.05)
+    assert spi.verdict == "faster" and spi.floor == pytest.approx(math.exp(noise.floor_of(rec, "sec_per_iter")))
     assert j.get("peak_mem_mib").judgement.verdict == "within noise"  # 700 vs 700
     text = compare.render(compare.compare(judge.load_side(a), judge.load_side(b)))
     assert "over the timed iterations of 1 vs 1 run(s) (6 vs 6 iterations after warm-up)" in text

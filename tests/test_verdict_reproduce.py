@@ -44,8 +44,8 @@ def test_timing_beyond_the_tolerance_is_forgiven_only_by_a_noise_floor(tmp_path)
     c = _checks(tmp_path, ITER, slower)  # no floor: the tolerance (x1.25) alone decides
     assert c["sec_per_iter"].ok is False and c["tflops"].ok is False
     assert "judged by the tolerance alone" in c["sec_per_iter"].note
-    rec = noise.make_record(host="testhost", recipe="tiny", recipe_sha256="r" * 64, presets=["baseline"], group="g",
-                            runs=[{"bundle": "x", "sec_per_iter": 1.0}, {"bundle": "y", "sec_per_iter": 1.5}])
+    rec = noise.make_record(host="testhost", recipe="tiny", recipe_sha256="r" * 64, sessions=[noise.session(
+        presets=["baseline"], group="g", runs=[{"bundle": "x", "sec_per_iter": 1.0}, {"bundle": "y", "sec_per_iter": 1.5}])])
     noise.save(rec)  # identical runs here differed by 1.5x: 1.3x is noise
     c = _checks(tmp_path, ITER, slower)
     assert c["sec_per_iter"].ok and c["tflops"].ok and "within noise" in c["sec_per_iter"].note

@@ -37,9 +37,9 @@ from kit.results import VerificationFailed, store
 from kit.results.store import BundleDocs, dotted as _get
 from kit.textsafe import terminal
 
-TIMING = "sec_per_iter"
-INVERSE_OF_TIMING = ("tflops", "tflops_per_rank", "est_aggr_pflops", "samples_per_sec", "tokens_per_sec")
-MEMORY = "peak_mem_mib"
+(TIMING,) = (m.name for m in metricdefs.judged("timing"))
+INVERSE_OF_TIMING = tuple(m.name for m in metricdefs.judged("rate"))
+(MEMORY,) = (m.name for m in metricdefs.judged("memory"))
 
 
 def shown() -> tuple[str, ...]:
