@@ -56,6 +56,10 @@ def _when(text: Any) -> datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
+def _positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
 def session(*, presets: list[str], group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     """One measurement: ``runs`` are ``{"bundle", "started", <metric>: value}`` of finished runs."""
     return {"group": group, "presets": list(presets), "added": bundle_mod.now_iso(), "runs": runs}
@@ -75,7 +79,7 @@ def make_record(*, host: str, recipe: str, recipe_sha256: str, sessions: list[di
         by_preset: dict[str, list[float]] = {}
         for s in kept:
             by_preset.setdefault("+".join(s["presets"]), []).extend(
-                float(r[m]) for r in s["runs"] if isinstance(r.get(m), (int, float)) and r[m] > 0)
+                float(r[m]) for r in s["runs"] if _positive(r.get(m)))
         values = [v for vs in by_preset.values() for v in vs]
         f = noise_floor(list(by_preset.values()))
         sp = spread(values)

@@ -25,6 +25,8 @@ from kit import bundle as bundle_mod, noise, runner
 from kit.errors import EXIT_INTERRUPTED, KitError
 from kit.outcome import Outcome
 from kit.plan import Plan
+from kit.results.judge import load_side
+from kit.results.store import dotted
 
 
 def new_group_id(plan: Plan) -> str:
@@ -119,9 +121,6 @@ def noise_from(plan: Plan, paths: list[Path], host: str, console: Console, *, re
     """``kit noise --from``: finished runs already made (each path a bundle or a group's
     directory, read and verified by :func:`kit.results.judge.load_side`) added as one session.
     They must be this recipe as resolved, on this host, and one preset: anything else is refused."""
-    from kit.results.judge import load_side
-    from kit.results.store import dotted
-
     sha = plan.summary()["recipe_sha256"]
     runs, presets, groups = [], set(), set()
     for p in paths:
