@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import kit_cli
-from kit import known_bad, launchers, plan as plan_mod, rankenv, schedulers
+from kit import known_bad, launchers, plan as plan_mod, rankenv, runtimes, schedulers
 from kit.errors import KitError
 from kit.launchers.common import expand_slurm_nodelist, flavour
 from kit.launchers.mpirun import MpirunLauncher
@@ -21,6 +21,30 @@ def test_registries_keep_launchers_and_schedulers_apart():
     assert isinstance(plan_mod.backend("local"), launchers.Launcher)
     with pytest.raises(KitError, match="local, mpirun, pjm, slurm, srun"):
         plan_mod.backend("nosuch")
+
+
+@pytest.mark.parametrize("registry, kind, option, valid", [
+    (schedulers, "scheduler", "--launcher", "pjm, slurm"),
+    (launchers, "launcher", "--launcher", "local, mpirun, srun"),
+    (runtimes, "runtime", "--runtime", "apptainer, docker, host, podman, singularity"),
+])
+def test_an_unknown_name_in_a_registry_is_one_line_naming_the_option_and_the_valid_names(registry, kind, option, valid):
+    with pytest.raises(KitError) as e:
+        registry.get("nosuch")
+    assert str(e.value) == f"{option}: unknown {kind} 'nosuch'; use one of: {valid}"
+    assert e.value.exit_code == 2 and registry.names() == valid.split(", ")
+
+
+def test_registries_make_an_instance_named_as_registered():
+    assert schedulers.get("pjm").name == "pjm" and launchers.get("srun").name == "srun"
+    assert runtimes.get("host").name == "host"
+
+
+def test_an_unknown_runtime_on_the_command_line_is_one_line_exit_2():
+    proc = kit_cli("run", "tiny", "--runtime", "nosuch", "--dry-run")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "kit: error: --runtime: unknown runtime 'nosuch'; use one of: apptainer, docker, host, podman, singularity"]
 
 
 def test_srun_task_maps_to_rank():

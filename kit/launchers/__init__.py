@@ -17,17 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kit.errors import KitError
+from kit.registry import Registry
 
-_REGISTRY: dict[str, type["Launcher"]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return deco
+_REGISTRY: Registry["Launcher"] = Registry("launcher", "--launcher",
+                                           ("kit.launchers.local", "kit.launchers.mpirun", "kit.launchers.srun"))
+register = _REGISTRY.register
+get = _REGISTRY.get
+names = _REGISTRY.names
 
 
 class Launcher(abc.ABC):
@@ -69,22 +65,3 @@ class Launcher(abc.ABC):
         """
         assert proc.stdout is not None
         yield from proc.stdout
-
-
-def _load_builtin() -> None:
-    import importlib
-
-    for mod in ("local", "mpirun", "srun"):
-        importlib.import_module(f"kit.launchers.{mod}")
-
-
-def get(name: str) -> Launcher:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise KitError(f"unknown launcher {name!r}", where="--launcher", fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)

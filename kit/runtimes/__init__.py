@@ -10,29 +10,16 @@ provenance. Each runtime is one module registered by name:
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from kit.errors import KitError
 from kit.runtimes.base import _REGISTRY, Runtime
 
 __all__ = ["Runtime", "get", "names"]
 
 
-def _load_builtin() -> None:
-    """Import the built-in runtimes (each registers itself in kit.runtimes.base)."""
-    for mod in ("host", "oci", "singularity"):
-        importlib.import_module(f"kit.runtimes.{mod}")
-
-
 def get(name: str, image: str | None = None, **options: Any) -> Runtime:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise KitError(f"unknown runtime {name!r}", where="--runtime",
-                       fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](image=image, **options)
+    """The runtime ``name`` for ``image`` (KitError naming --runtime and the valid names when unknown)."""
+    return _REGISTRY.get(name, image=image, **options)
 
 
-def names() -> list[str]:
-    get("host")
-    return sorted(_REGISTRY)
+names = _REGISTRY.names

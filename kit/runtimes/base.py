@@ -11,21 +11,15 @@ import hashlib
 import os
 import platform
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kit.hostinfo import cpu_model
+from kit.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., "Runtime"]] = {}
-
-
-def register(*names: str):
-    def deco(cls):
-        for name in names:
-            _REGISTRY[name] = cls
-        return cls
-    return deco
+_REGISTRY: Registry["Runtime"] = Registry("runtime", "--runtime",
+                                          ("kit.runtimes.host", "kit.runtimes.oci", "kit.runtimes.singularity"))
+register = _REGISTRY.register
 
 
 #: the software inventory imports torch at the lowest priority; under qemu (an arm64 image on

@@ -21,16 +21,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from kit.errors import KitError
+from kit.registry import Registry
 
-_REGISTRY: dict[str, type["Scheduler"]] = {}
-
-
-def register(name: str):
-    def deco(cls):
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-    return deco
+_REGISTRY: Registry["Scheduler"] = Registry("scheduler", "--launcher", ("kit.schedulers.slurm", "kit.schedulers.pjm"))
+register = _REGISTRY.register
+get = _REGISTRY.get
+names = _REGISTRY.names
 
 
 @dataclass
@@ -109,13 +105,6 @@ class Scheduler(abc.ABC):
         return None
 
 
-def _load_builtin() -> None:
-    import importlib
-
-    for mod in ("slurm", "pjm"):
-        importlib.import_module(f"kit.schedulers.{mod}")
-
-
 def of_allocation(environ: dict[str, str] | None = None) -> Scheduler | None:
     """The scheduler whose allocation this process runs in (``salloc``, a PJM job), or None."""
     import os
@@ -123,15 +112,3 @@ def of_allocation(environ: dict[str, str] | None = None) -> Scheduler | None:
     env = os.environ if environ is None else environ
     name = "slurm" if env.get("SLURM_JOB_ID") else "pjm" if env.get("PJM_JOBID") else None
     return get(name) if name else None
-
-
-def get(name: str) -> Scheduler:
-    _load_builtin()
-    if name not in _REGISTRY:
-        raise KitError(f"unknown scheduler {name!r}", where="--launcher", fix=f"use one of: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
-
-
-def names() -> list[str]:
-    _load_builtin()
-    return sorted(_REGISTRY)
