@@ -167,7 +167,9 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
              or hostinfo.usable_cores())
     threads = preset.threads_per_rank or max(1, cores // rpn)
 
-    env: dict[str, str] = {"OMP_NUM_THREADS": str(threads)}
+    values = {**preset.settings(), "allocator": preset.allocator or "glibc", "ranks_per_node": rpn,
+              "threads_per_rank": threads}
+    env = settings_mod.rank_environment(values)  # OMP_NUM_THREADS, from the threads_per_rank spec
     if where_site and where_site.interface:
         env["GLOO_SOCKET_IFNAME"] = where_site.interface  # gloo's sockets on the site's network (Tofu)
     env.update(recipe.render_env(python=rt.python))  # what the command needs (the recipe's env)
@@ -188,9 +190,7 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
     else:
         alloc_by = "default allocator"
     settings = settings_mod.resolve(
-        {**preset.settings(), "allocator": preset.allocator or "glibc", "ranks_per_node": rpn,
-         "threads_per_rank": threads},
-        launcher, applied_by={"allocator": alloc_by},
+        values, launcher, applied_by={"allocator": alloc_by},
         notes={"threads_per_rank": "" if preset.threads_per_rank else f"{cores} cores / {rpn} ranks per node"},
         mpi=flavour())
 

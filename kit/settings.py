@@ -14,7 +14,10 @@ A knob (``freq_mhz``, ``retention_state``, ``eco_state``, ``allocator``,
   users write it: each of them records that whole line. A knob nobody here can apply is
   recorded as requested and not applied, never as applied;
 - ``environment``: how it is applied through the ranks' environment where no scheduler or
-  launcher does (``OMP_NUM_THREADS``, ``LD_PRELOAD``);
+  launcher does (``LD_PRELOAD``);
+- ``env_var``: the variable every rank gets set to the value, whoever applies the knob
+  (``OMP_NUM_THREADS``: ``rank_environment`` writes it into the plan's env; where no scheduler
+  or launcher applies the knob, that variable is also how it is applied);
 - ``verify``: how the run checks it (the frequency read on a core the ranks may use, the
   allocator in each rank's memory map, the ranks seen on each node).
 
@@ -121,6 +124,7 @@ class Spec:
     apply: Mapping[str, Callable[[Any], str]] = field(default_factory=dict)
     pjm_power: str | None = None  # the PJM -L key of a power knob
     environment: Callable[[Any], str] | None = None
+    env_var: str | None = None  # the ranks' variable that carries the value (whoever applies it)
     layout: bool = False
     verify: Callable[[Setting, Observed], dict[str, Any]] | None = None
 
@@ -150,8 +154,7 @@ SPECS: tuple[Spec, ...] = (
                 "mpirun": lambda v: f"--map-by ppr:{v}:node"},
          verify=_verify_ranks_per_node),
     Spec("threads_per_rank", "OpenMP threads of each rank", layout=True,
-         apply={"slurm": lambda v: f"#SBATCH --cpus-per-task={v}"},
-         environment=lambda v: f"OMP_NUM_THREADS={v}"),
+         apply={"slurm": lambda v: f"#SBATCH --cpus-per-task={v}"}, env_var="OMP_NUM_THREADS"),
     Spec("env", "extra environment variables of the ranks", environment=lambda v: "environment"),
 )
 
@@ -169,7 +172,16 @@ def _applied(spec: Spec, value: Any, backend: str, *, mpi: str) -> tuple[str, st
         return fn(value), backend
     if spec.environment:
         return spec.environment(value), "environment"
+    if spec.env_var:
+        return f"{spec.env_var}={value}", "environment"
     return None
+
+
+def rank_environment(values: Mapping[str, Any]) -> dict[str, str]:
+    """The variables the knobs' specs set in every rank's environment from their values
+    (``threads_per_rank`` → ``OMP_NUM_THREADS``), whoever applies the knob."""
+    return {spec.env_var: str(values[spec.name]) for spec in SPECS
+            if spec.env_var and values.get(spec.name) is not None}
 
 
 def resolve(values: Mapping[str, Any], backend: str, *, notes: Mapping[str, str] | None = None,

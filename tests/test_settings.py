@@ -88,3 +88,19 @@ def test_allocator_verified_from_each_ranks_memory_map():
                                     "1": {"rank": 1, "allocator": {"allocator": "glibc"}}}}]
     out = settings.observed([s], mon)[0]
     assert out["seen"] == {"0": "tcmalloc", "1": "glibc"} and out["verified"] is False
+
+
+def test_the_threads_spec_owns_the_ranks_thread_variable(monkeypatch):
+    p = plan_mod.resolve(recipe_name="tiny", launcher="local")
+    assert settings.BY_NAME["threads_per_rank"].env_var == "OMP_NUM_THREADS"
+    assert p.env["OMP_NUM_THREADS"] == str(p.threads_per_rank)
+    assert p.setting("threads_per_rank").applied_by == f"OMP_NUM_THREADS={p.threads_per_rank}"
+    # the plan takes the variable from the spec: renamed there, it changes in the plan
+    import dataclasses
+
+    specs = tuple(dataclasses.replace(s, env_var="KIT_TEST_THREADS") if s.name == "threads_per_rank" else s
+                  for s in settings.SPECS)
+    monkeypatch.setattr(settings, "SPECS", specs)
+    p = plan_mod.resolve(recipe_name="tiny", launcher="local")
+    assert p.env["KIT_TEST_THREADS"] == str(p.threads_per_rank) and "OMP_NUM_THREADS" not in p.env
+    assert p.setting("threads_per_rank").applied_by == f"KIT_TEST_THREADS={p.threads_per_rank}"
