@@ -79,15 +79,25 @@ def _relative(bundle: Path, rel: str) -> Path:
     return cur / parts[-1]
 
 
-def open_regular(bundle: Path, rel: str) -> tuple[int, int]:
-    """An open descriptor of the regular file ``rel`` inside ``bundle``, and its size."""
-    path = _relative(bundle, rel)
+class MissingFile(BundleReadError):
+    """The file is not there (a ``BundleReadError`` whose ``why`` is "missing")."""
+
+    def __init__(self, path: Path | str):
+        super().__init__(path, "missing")
+
+
+def open_file(path: Path, *, follow_links: bool = False) -> tuple[int, int]:
+    """An open descriptor of the regular file at ``path``, and its size: opened with
+    ``O_NONBLOCK`` and checked with ``fstat`` (a FIFO, device or socket is refused without
+    blocking on it); through a symbolic link only with ``follow_links`` (a file the user names
+    on the command line, never a bundle's)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise BundleReadError(path, "missing") from None
+        raise MissingFile(path) from None
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno == errno.ELOOP and not follow_links:
             raise BundleReadError(path, "is a symbolic link; bundles hold plain files only") from None
         raise BundleReadError(path, f"unreadable ({e.strerror})") from None
     st = os.fstat(fd)
@@ -96,6 +106,11 @@ def open_regular(bundle: Path, rel: str) -> tuple[int, int]:
         raise BundleReadError(path, f"is not a regular file ({kind(st.st_mode)})")
     os.set_blocking(fd, True)
     return fd, st.st_size
+
+
+def open_regular(bundle: Path, rel: str) -> tuple[int, int]:
+    """An open descriptor of the regular file ``rel`` inside ``bundle``, and its size."""
+    return open_file(_relative(bundle, rel))
 
 
 def kind(mode: int) -> str:
@@ -109,13 +124,18 @@ def kind(mode: int) -> str:
 
 def read_bytes(bundle: Path, rel: str, cap: int) -> bytes:
     """The whole file, if it is a regular file of at most ``cap`` bytes."""
-    fd, size = open_regular(bundle, rel)
+    return read_capped(_relative(bundle, rel), cap)
+
+
+def read_capped(path: Path, cap: int, *, follow_links: bool = False) -> bytes:
+    """The whole regular file at ``path`` (see ``open_file``), if it holds at most ``cap`` bytes."""
+    fd, size = open_file(path, follow_links=follow_links)
     with os.fdopen(fd, "rb") as f:
         if size > cap:
-            raise BundleReadError(Path(bundle) / rel, f"{size} bytes, more than the {cap} a reader takes")
+            raise BundleReadError(path, f"{size} bytes, more than the {cap} a reader takes")
         data = f.read(cap + 1)
     if len(data) > cap:  # grew while being read
-        raise BundleReadError(Path(bundle) / rel, f"more than the {cap} bytes a reader takes")
+        raise BundleReadError(path, f"more than the {cap} bytes a reader takes")
     return data
 
 

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from kit import bundle as bundle_mod
+from kit import bundle as bundle_mod, bundle_reader
+from kit.bundle_reader import BundleReadError
 from kit.errors import KitError
 
 FORMAT = "kit-bundle-signature/1"
@@ -71,21 +71,13 @@ def fingerprint(key: Ed25519PublicKey) -> str:
 
 
 def _read_small(path: Path, cap: int, what: str, *, follow: bool = False) -> bytes:
-    """A regular file's bytes (never a FIFO or device), at most ``cap``; through a symbolic
-    link only with ``follow`` (the user's own key files, never a bundle's)."""
+    """A regular file's bytes (never a FIFO or device), at most ``cap``, through the bundle
+    reader's opener; through a symbolic link only with ``follow`` (the user's own key files,
+    never a bundle's)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW))
-    except OSError as e:
-        raise KitError(f"cannot read the {what} ({e.strerror})", where=str(path),
-                       fix=f"name a readable {what} file") from None
-    with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise KitError(f"the {what} is not a regular file", where=str(path), fix=f"name a {what} file")
-        data = f.read(cap + 1)
-    if len(data) > cap:
-        raise KitError(f"the {what} is larger than {cap} bytes", where=str(path), fix=f"name a {what} file")
-    return data
+        return bundle_reader.read_capped(path, cap, follow_links=follow)
+    except BundleReadError as e:
+        raise KitError(f"cannot read the {what}: {e.why}", where=str(path), fix=f"name a readable {what} file") from None
 
 
 def _passphrase(path: Path) -> bytes:

@@ -290,6 +290,14 @@ def test_archive_that_is_a_fifo_or_missing(tmp_path):
         archive.import_archive(tmp_path / "missing.tar.gz", tmp_path / "r")
 
 
+def test_archive_named_through_a_link_is_followed(packed, bid, tmp_path):
+    # the archive is the user's own file, named on the command line: a link to it is fine
+    # (a bundle's files are never read through a link)
+    link = tmp_path / "link.tar.gz"
+    link.symlink_to(packed)
+    assert archive.import_archive(link, tmp_path / "r").name == bid
+
+
 # -- the command line ---------------------------------------------------------------------------------------
 def test_cli_refusal_is_one_line_exit_2(packed, tmp_path, bid):
     arc = with_extra(packed, tmp_path, "neg.tar.gz", tc.header(f"{bid}/neg", size_field=b"-0000000001\x00"))

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import stat
 import tarfile
 import tempfile
 from contextlib import contextmanager
@@ -42,7 +41,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Iterator
 
-from kit import bundle as bundle_mod, locks, signing
+from kit import bundle as bundle_mod, bundle_reader, locks, signing
+from kit.bundle_reader import BundleReadError
 from kit.errors import KitError
 from kit.results import VerificationFailed, tarstream
 
@@ -174,21 +174,19 @@ def check_member(archive: Path, m: tarstream.Member) -> tuple[str, ...]:
 
 
 def _open_archive(archive: Path, lim: Limits) -> BinaryIO:
-    """The archive opened for reading: a regular file within the size limit."""
+    """The archive opened for reading through the bundle reader's opener: a regular file
+    (a link the user named is followed; a FIFO is refused without blocking) within the size
+    limit. Not read whole: ``extract_checked`` streams it."""
+    fix = "name a .tar.gz written by `kit bundle pack`"
     try:
-        fd = os.open(archive, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise KitError("no such archive", where=str(archive), fix="name a .tar.gz written by `kit bundle pack`") from None
-    except OSError as e:
-        raise KitError(f"cannot open the archive ({e.strerror})", where=str(archive),
-                       fix="name a readable .tar.gz written by `kit bundle pack`") from None
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+        fd, size = bundle_reader.open_file(archive, follow_links=True)
+    except bundle_reader.MissingFile:
+        raise KitError("no such archive", where=str(archive), fix=fix) from None
+    except BundleReadError as e:
+        raise KitError(f"cannot open the archive: {e.why}", where=str(archive), fix=fix) from None
+    if size > lim.max_archive:
         os.close(fd)
-        raise KitError("not a regular file", where=str(archive), fix="name a .tar.gz written by `kit bundle pack`")
-    if st.st_size > lim.max_archive:
-        os.close(fd)
-        raise _unsafe(archive, f"the archive is {st.st_size / MiB:.1f} MiB, over the {lim.max_archive / MiB:.0f} MiB "
+        raise _unsafe(archive, f"the archive is {size / MiB:.1f} MiB, over the {lim.max_archive / MiB:.0f} MiB "
                                f"limit (raise it with KIT_IMPORT_MAX_ARCHIVE_MIB or --max-archive-mib if you trust it)")
     return os.fdopen(fd, "rb")
 
