@@ -1,7 +1,9 @@
-"""Shared helpers for the benchmark scripts: machine description, load, medians, JSON output."""
+"""Shared helpers for the benchmark scripts: machine description, load, medians, JSON output,
+and the presets benchmarks' options and alternating order (bench_presets, bench_repeats)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,3 +73,23 @@ def write_json(path: str | None, doc: dict[str, Any]) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(text + "\n")
     print(text if os.environ.get("BENCH_PRINT_JSON") else f"json -> {path or '(not written)'}")
+
+
+def preset_parser(doc: str | None, rounds: str, default_rounds: int) -> argparse.ArgumentParser:
+    """The options of a benchmark that runs presets in rounds: --recipe, --presets, --set,
+    ``rounds`` (its name, e.g. ``--rounds``) and --json."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recipe", default="tiny")
+    p.add_argument("--presets", default="baseline,tcmalloc,tuned")
+    p.add_argument("--set", dest="sets", action="append", default=[])
+    p.add_argument(rounds, type=int, default=default_rounds)
+    p.add_argument("--json", default=None)
+    return p
+
+
+def alternating(presets: list[str], rounds: int) -> Iterator[tuple[int, str]]:
+    """(round, preset): every preset once a round, the order reversed every other round, so a
+    change in the host's load falls on all presets alike."""
+    for rnd in range(rounds):
+        for pr in (presets if rnd % 2 == 0 else presets[::-1]):
+            yield rnd, pr

@@ -11,7 +11,6 @@ On a workstation, frequency and retention state are recorded as requested-not-ap
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -20,39 +19,33 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, load, machine, median, write_json  # noqa: E402
+from _common import ROOT, alternating, load, machine, median, preset_parser, write_json  # noqa: E402
 from bench_overhead import kit_cmd, newest  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="tiny")
-    p.add_argument("--presets", default="baseline,tcmalloc,tuned")
-    p.add_argument("--set", dest="sets", action="append", default=[])
-    p.add_argument("--rounds", type=int, default=3)
+    p = preset_parser(__doc__, "--rounds", 3)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", default=None)
     a = p.parse_args()
     if a.quick:
         a.rounds, a.sets = 1, [*a.sets, "train.iters=3", "train.warmup_iters=1"]
     presets = a.presets.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="kit-bench-presets-"))
     res: dict[str, list[dict]] = {pr: [] for pr in presets}
-    for rnd in range(a.rounds):
-        for pr in (presets if rnd % 2 == 0 else presets[::-1]):
-            out = tmp / pr
-            r = subprocess.run(kit_cmd(a.recipe, pr, a.sets, out), cwd=ROOT, capture_output=True, text=True)
-            if r.returncode:
-                print(pr, "failed:", r.stdout[-2000:], r.stderr[-2000:])
-                return 1
-            b = newest(out)
-            s = json.loads((b / "metrics.json").read_text())["summary"]
-            prov = json.loads((b / "provenance.json").read_text())
-            alloc = next((x.get("seen") for x in prov.get("plan", {}).get("settings", []) if x.get("name") == "allocator"), None)
-            res[pr].append({"sec_per_iter": s.get("sec_per_iter"), "peak_mem_mib": s.get("peak_mem_mib"),
-                            "allocator_seen": alloc, "load": load()})
-            print(f"round {rnd} {pr}: {s.get('sec_per_iter')} s/it, peak {s.get('peak_mem_mib')} MiB, "
-                  f"allocator {alloc}, load {res[pr][-1]['load']}", flush=True)
+    for rnd, pr in alternating(presets, a.rounds):
+        out = tmp / pr
+        r = subprocess.run(kit_cmd(a.recipe, pr, a.sets, out), cwd=ROOT, capture_output=True, text=True)
+        if r.returncode:
+            print(pr, "failed:", r.stdout[-2000:], r.stderr[-2000:])
+            return 1
+        b = newest(out)
+        s = json.loads((b / "metrics.json").read_text())["summary"]
+        prov = json.loads((b / "provenance.json").read_text())
+        alloc = next((x.get("seen") for x in prov.get("plan", {}).get("settings", []) if x.get("name") == "allocator"), None)
+        res[pr].append({"sec_per_iter": s.get("sec_per_iter"), "peak_mem_mib": s.get("peak_mem_mib"),
+                        "allocator_seen": alloc, "load": load()})
+        print(f"round {rnd} {pr}: {s.get('sec_per_iter')} s/it, peak {s.get('peak_mem_mib')} MiB, "
+              f"allocator {alloc}, load {res[pr][-1]['load']}", flush=True)
     summary = {}
     base = presets[0]
     for pr, rows in res.items():

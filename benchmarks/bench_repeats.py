@@ -12,7 +12,6 @@ row per group.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -21,35 +20,29 @@ from pathlib import Path
 from rich.console import Console
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import load, machine, write_json  # noqa: E402
+from _common import alternating, load, machine, preset_parser, write_json  # noqa: E402
 
 from kit import plan as plan_mod, repeat, runner  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recipe", default="tiny")
-    p.add_argument("--presets", default="baseline,tcmalloc,tuned")
-    p.add_argument("--set", dest="sets", action="append", default=[])
-    p.add_argument("--repeat", type=int, default=5)
+    p = preset_parser(__doc__, "--repeat", 5)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--json", default=None)
     a = p.parse_args()
     presets = a.presets.split(",")
     started = machine()  # the machine and its load when the runs start, not when they end
     plans = {pr: plan_mod.resolve(recipe_name=a.recipe, overrides=a.sets, preset_names=[pr]) for pr in presets}
     groups = {pr: repeat.new_group_id(plans[pr]) for pr in presets}
     runs: dict[str, list[dict]] = {pr: [] for pr in presets}
-    for rnd in range(a.repeat):
-        for pr in (presets if rnd % 2 == 0 else presets[::-1]):
-            before = load()
-            o = runner.run(plans[pr], a.out / groups[pr], Console(file=io.StringIO()), group=groups[pr])
-            s = o.summary or {}
-            runs[pr].append({"bundle": o.bundle.id, "status": o.status, "sec_per_iter": s.get("sec_per_iter"),
-                             "peak_mem_mib": s.get("peak_mem_mib"), "load_before": before, "load_after": load()})
-            print(f"round {rnd} {pr}: {o.status} {s.get('sec_per_iter')} s/it, load {before}-{load()}", flush=True)
-            if o.status != "ok":
-                return 1
+    for rnd, pr in alternating(presets, a.repeat):
+        before = load()
+        o = runner.run(plans[pr], a.out / groups[pr], Console(file=io.StringIO()), group=groups[pr])
+        s = o.summary or {}
+        runs[pr].append({"bundle": o.bundle.id, "status": o.status, "sec_per_iter": s.get("sec_per_iter"),
+                         "peak_mem_mib": s.get("peak_mem_mib"), "load_before": before, "load_after": load()})
+        print(f"round {rnd} {pr}: {o.status} {s.get('sec_per_iter')} s/it, load {before}-{load()}", flush=True)
+        if o.status != "ok":
+            return 1
     print(json.dumps({pr: str(a.out / g) for pr, g in groups.items()}, indent=1))
     write_json(a.json, {"machine": started, "recipe": a.recipe, "sets": a.sets, "groups": groups, "runs": runs})
     return 0
