@@ -80,41 +80,18 @@ cluster_image() {
     || { tail -20 "$KIT_CI_CACHE/logs/build-cluster-node.log" >&2; return 1; }
 }
 
-_cluster_conf() {  # $1: node count
+_cluster_conf() {  # $1: node count; the shared part from .ci/slurm.sh's slurm_conf
   local n=$1 i cpus mem
   cpus=$(nproc)
   mem=$(awk -v n="$n" '/MemTotal/ {printf "%d", $2/1024*0.8/n}' /proc/meminfo)
   {
-    cat <<EOF
-# multi-node test cluster written by .ci/cluster.sh: $n node containers + a controller container
-ClusterName=kitcluster
-SlurmctldHost=$CLUSTER_CTL($CLUSTER_SUBNET.10)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
-SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
-SlurmctldLogFile=$CLUSTER_DIR/log/slurmctld.log
-SlurmdLogFile=$CLUSTER_DIR/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-SlurmdTimeout=15
-MessageTimeout=10
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-JobCompType=jobcomp/none
-SchedulerType=sched/builtin
-MinJobAge=3600
-KillWait=5
-InactiveLimit=0
-EOF
+    # shellcheck source=.ci/slurm.sh
+    (source "$CLUSTER_REPO/.ci/slurm.sh"
+     slurm_conf title="multi-node test cluster written by .ci/cluster.sh: $n node containers + a controller container" \
+       cluster=kitcluster ctl="$CLUSTER_CTL($CLUSTER_SUBNET.10)" state=/var/spool/slurmctld spool=/var/spool/slurmd \
+       pids=/run logs="$CLUSTER_DIR/log" slurmd_log="slurmd-%n.log" kill_wait=5) || return 1
+    echo "SlurmdTimeout=15"
+    echo "MessageTimeout=10"
     for i in $(seq 1 "$n"); do
       echo "NodeName=${CLUSTER_NAME}node$i NodeAddr=$CLUSTER_SUBNET.$((10 + i)) CPUs=$cpus RealMemory=$mem State=UNKNOWN"
     done

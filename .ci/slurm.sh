@@ -43,27 +43,35 @@ start_munge() {
     touch "$DIR/munged.ours"
 }
 
-write_conf() {
-    local cpus mem
-    cpus=$(nproc)
-    mem=$(awk '/MemTotal/ {printf "%d", $2/1024*0.85}' /proc/meminfo)
-    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
-    cat >"$CONF" <<EOF
-# one-node test cluster written by .ci/slurm.sh
-ClusterName=kitci
-SlurmctldHost=localhost
+# slurm_conf NAME=VALUE...: a CI test cluster's slurm.conf on stdout, up to its own lines (ports,
+# timeouts, nodes), which the caller appends: this one-node cluster's and .ci/cluster.sh's (which
+# sources this file for it), so both share one set of policies: root daemons, munge, linuxproc,
+# cons_tres by core, no accounting, ended jobs kept an hour. Every name is required: title (the
+# first comment), cluster (ClusterName), ctl (SlurmctldHost), state (StateSaveLocation), spool
+# (SlurmdSpoolDir), pids (the pid files' directory), logs (the log files' directory), slurmd_log
+# (slurmd's log file there), kill_wait (KillWait).
+slurm_conf() {
+    local kv title cluster ctl state spool pids logs slurmd_log kill_wait
+    for kv in "$@"; do
+        case ${kv%%=*} in
+            title|cluster|ctl|state|spool|pids|logs|slurmd_log|kill_wait) local "$kv" ;;
+            *) log "slurm_conf: unknown setting ${kv%%=*}"; return 2 ;;
+        esac
+    done
+    cat <<EOF
+# $title
+ClusterName=$cluster
+SlurmctldHost=$ctl
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
-SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
-SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
-SlurmctldPort=${KIT_SLURMCTLD_PORT:-6817}
-SlurmdPort=${KIT_SLURMD_PORT:-6818}
+StateSaveLocation=$state
+SlurmdSpoolDir=$spool
+SlurmctldPidFile=$pids/slurmctld.pid
+SlurmdPidFile=$pids/slurmd.pid
+SlurmctldLogFile=$logs/slurmctld.log
+SlurmdLogFile=$logs/$slurmd_log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
@@ -75,11 +83,23 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 SchedulerType=sched/builtin
 MinJobAge=3600
-KillWait=10
+KillWait=$kill_wait
 InactiveLimit=0
-NodeName=localhost CPUs=$cpus RealMemory=$mem State=UNKNOWN
-PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 EOF
+}
+
+write_conf() {
+    local mem
+    mem=$(awk '/MemTotal/ {printf "%d", $2/1024*0.85}' /proc/meminfo)
+    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+    {
+        slurm_conf title="one-node test cluster written by .ci/slurm.sh" cluster=kitci ctl=localhost \
+            state="$DIR/state" spool="$DIR/spool" pids="$DIR" logs="$DIR/log" slurmd_log=slurmd.log kill_wait=10
+        echo "SlurmctldPort=${KIT_SLURMCTLD_PORT:-6817}"
+        echo "SlurmdPort=${KIT_SLURMD_PORT:-6818}"
+        echo "NodeName=localhost CPUs=$(nproc) RealMemory=$mem State=UNKNOWN"
+        echo "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"
+    } >"$CONF"
 }
 
 ready() {
