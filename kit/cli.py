@@ -273,6 +273,22 @@ def collect(
     raise typer.Exit(out if isinstance(out, int) else out.exit_code)
 
 
+@app.command()
+def cancel(bundle: Annotated[Path, typer.Argument(help="bundle directory of a batch run (kit run --launcher slurm|pjm)")]):
+    """Cancel a batch run's job (scancel, pjdel) and finalize its bundle as interrupted, with the reason.
+
+    Waits for the job manager to end the job (up to $KIT_CANCEL_WAIT_S, 120 s), then collects
+    it as `kit collect` does; what the run logged is kept. Exit 0 with "already ended" when the
+    job had ended (or the bundle is final): nothing is cancelled. Exit 2 for a bundle that is
+    not a batch run; 4 when the job has not ended in time (`kit collect` it later); otherwise
+    as for `kit run` (130: interrupted).
+    """
+    from kit import jobs
+
+    out = jobs.cancel(bundle, console)
+    raise typer.Exit(out if isinstance(out, int) else out.exit_code)
+
+
 @app.command("job-monitor", hidden=True)
 def job_monitor(bundle: Annotated[Path, typer.Argument()], head: Annotated[Optional[str], typer.Option()] = None):
     """Inside a multi-node job: watch this node's ranks into monitor/<host>.json until stopped."""

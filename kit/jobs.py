@@ -11,6 +11,8 @@ The life of a batch run, all in one bundle directory::
       (other nodes) kit job-monitor  one monitor per further node, writing monitor/<host>.json,
                                      merged by job-run when the ranks end
     kit status B                     the job's state (pending/running/ended) and the bundle's
+    kit cancel B                     cancels the job (scancel, pjdel), waits for it to end, then
+                                     collects it as below: interrupted, with the job manager's reason
     kit collect B                    after the job: folds in the scheduler's output/statistics
                                      files; if the job died before the kit could finalize
                                      (killed, time limit, node failure), finalizes the bundle as
@@ -58,6 +60,8 @@ STACKS_TAKEN = "monitor/stacks"  # each job-monitor's answer: <host>.json, {rank
 STACKS_POLL_S = 1.0  # how often a job-monitor looks for that request
 STACKS_WAIT_S = 30.0  # how long the head node waits for the other nodes' stacks
 POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
+#: how long `kit cancel` waits for the job manager to call a cancelled job ended
+CANCEL_WAIT_S = float(os.environ.get("KIT_CANCEL_WAIT_S", "120"))
 #: how long `kit collect` lets the kit inside an ended job finish finalizing the bundle itself
 COLLECT_GRACE_S = float(os.environ.get("KIT_COLLECT_GRACE_S", "60"))
 #: files the job manager writes into the bundle's logs, possibly after the kit finalized it
@@ -120,6 +124,10 @@ def _job(bundle_dir: Path) -> dict[str, Any]:
     if not (isinstance(job, dict) and isinstance(job.get("launcher"), str) and isinstance(job.get("job_id"), str)):
         raise KitError("not a job record (launcher and job_id as strings)", where=str(p),
                        fix="the bundle's job record is damaged; see `kit bundle verify`")
+    if job["launcher"] not in schedulers.names():
+        raise KitError(f"launcher {job['launcher']!r} is not a batch scheduler ({', '.join(schedulers.names())})",
+                       where=str(p), fix="the bundle's job record is damaged; see `kit bundle verify`")
+    schedulers.get(job["launcher"]).check_job_id(job["job_id"], where=str(p))  # before any command sees it
     return job
 
 
@@ -380,8 +388,52 @@ def status(bundle_dir: Path) -> dict[str, Any]:
     return out
 
 
-def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None):
-    """``kit collect``: finalize the bundle of an ended job (returns an Outcome, or an exit code)."""
+def cancel(bundle_dir: Path, console: Console, *, wait_s: float | None = None):
+    """``kit cancel``: cancel a submitted bundle's batch job through its scheduler (scancel,
+    pjdel), wait up to ``wait_s`` for the job manager to call it ended, and finalize the bundle
+    as ``kit collect`` does (interrupted, the job manager's reason, partial logs kept; a job the
+    kit inside had started is finalized by that kit, on the signal the job manager sends).
+
+    A bundle that is not a batch job is a KitError (exit 2). A job that already ended, or a
+    bundle already final, is left as it is: 0, saying "already ended". Returns an Outcome, or
+    an exit code (``EXIT_NOT_READY`` when the job has not ended within ``wait_s``).
+    """
+    bundle_dir = Path(bundle_dir)
+    job = _job(bundle_dir)  # through the reader, the job id checked against the scheduler's form
+    scheduler = schedulers.get(job["launcher"])
+    what = f"{job['launcher']} job {job['job_id']}"
+    m = bundle_mod.read_manifest(bundle_dir)
+    if m.status in FINAL_STATUSES:
+        console.print(f"{what} already ended: the bundle is final ({m.status}); nothing to cancel",
+                      highlight=False, markup=False, soft_wrap=True)
+        return 0
+    st = scheduler.poll(job["job_id"])
+    if st.ended:
+        console.print(f"{what} already ended ({st.state}); nothing to cancel: `kit collect {bundle_dir}` "
+                      f"finalizes the bundle", highlight=False, markup=False, soft_wrap=True)
+        return 0
+    # still queued, and the kit never marked the bundle running: no kit in the job to wait for
+    never_started = st.state == "pending" and m.status == "submitted"
+    scheduler.cancel(job["job_id"])
+    console.print(f"{what} cancelled with {job['launcher']}'s cancel command; waiting for it to end",
+                  highlight=False, markup=False)
+    deadline = time.monotonic() + (CANCEL_WAIT_S if wait_s is None else wait_s)
+    while not st.ended and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        st = scheduler.poll(job["job_id"])
+    if not st.ended:
+        console.print(f"{what} has not ended yet ({st.state}); `kit collect {bundle_dir}` once it has",
+                      highlight=False, markup=False, soft_wrap=True)
+        return EXIT_NOT_READY
+    by = f"cancelled with kit cancel on {socket.gethostname()}"
+    return collect(bundle_dir, console, state=JobState(st.state, True, st.exit_code,
+                                                       reason=f"{by}; {st.reason}" if st.reason else by),
+                   grace_s=0 if never_started else None)
+
+
+def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None, grace_s: float | None = None):
+    """``kit collect``: finalize the bundle of an ended job (returns an Outcome, or an exit code).
+    ``grace_s``: how long the kit inside the job may still be finalizing (default COLLECT_GRACE_S)."""
     bundle_dir = Path(bundle_dir)
     b = Bundle.open(bundle_dir)
     job = _job(bundle_dir)
@@ -390,10 +442,11 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
             _record_accounted_energy(b, job["job_id"])
         _refold_scheduler_files(bundle_dir)
         b = Bundle.open(bundle_dir)
-        if b.manifest.status == "interrupted" and "job manager:" not in b.manifest.reason:
-            # the kit stopped the ranks on a signal: say what the job manager did (cancel, time limit)
+        if b.manifest.status in ("interrupted", "failed") and "job manager:" not in b.manifest.reason:
+            # the kit stopped the ranks on a signal (interrupted), or saw them killed (failed: the
+            # job manager signals the ranks too): say what the job manager did (cancel, time limit)
             st = state or schedulers.get(job["launcher"]).poll(job["job_id"])
-            if st.ended:
+            if st.ended and (b.manifest.status == "interrupted" or st.state in ("cancelled", "timeout")):
                 b.finalize("interrupted", f"{b.manifest.reason}; job manager: {job['launcher']} job "
                                           f"{job['job_id']} {st.state}" + (f" ({st.reason})" if st.reason else ""))
         out = Outcome(status=b.manifest.status, reason=b.manifest.reason, bundle=b)
@@ -407,7 +460,7 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
         return EXIT_NOT_READY
     # the job manager may call the job ended (cancelled, out of time) while the kit inside it
     # is still stopping the ranks and finalizing: let it, rather than finalize twice
-    _await_job_kit(bundle_dir, job)
+    _await_job_kit(bundle_dir, job, grace_s)
     if bundle_mod.read_manifest(bundle_dir).status in FINAL_STATUSES:
         return collect(bundle_dir, console)
     return finalize_dead_job(b, job, launcher, st, console)

@@ -58,3 +58,27 @@ def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
     # the stand-in, like a job manager, reports the job cancelled while the kit inside it is
     # still stopping the ranks: that kit finalizes the bundle, collect does not do it twice
     assert "collected_by" not in load(b, "provenance.json")["job"]
+
+
+def test_kit_cancel_interrupts_a_running_pjm_job(pjm_standins, tmp_path):
+    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "pjm", "--set", "train.iters=500",
+                   "--out", str(tmp_path), env=pjm_standins)
+    assert proc.returncode == 0, proc.stderr
+    b = bundle_from_output(proc.stdout)
+    job_id = load(b, "job/job.json")["job_id"]
+    deadline = time.time() + 300
+    while time.time() < deadline and " iteration " not in (
+            (b / "logs" / "launcher.log").read_text(errors="replace") if (b / "logs" / "launcher.log").exists() else ""):
+        time.sleep(1)
+    out = kit_cli("cancel", str(b), env=pjm_standins, timeout=300)
+    m = read_manifest(b)
+    assert out.returncode == 130, out.stdout + out.stderr
+    assert f"pjm job {job_id} cancelled" in out.stdout
+    # the kit inside the job stopped the ranks on pjdel's signal and finalized; collect says why
+    assert m.status == "interrupted" and "cancelled with kit cancel" in m.reason, m.reason
+    assert f"job manager: pjm job {job_id} cancelled" in m.reason
+    assert verify(b).ok, verify(b).problems
+    assert load(b, "metrics.json")["iterations"]  # what the run logged is kept
+    again = kit_cli("cancel", str(b), env=pjm_standins)
+    assert again.returncode == 0 and f"pjm job {job_id} already ended" in again.stdout, again.stdout + again.stderr
+    assert read_manifest(b).reason == m.reason

@@ -77,3 +77,55 @@ def test_slurm_job_killed_before_finalize_is_collected(slurm_cluster, tmp_path):
     metrics = load(b, "metrics.json")
     assert metrics["iterations"], "iterations logged before the kill are kept"
     assert json.loads((b / "provenance.json").read_text())["job"]["collected_by"] == "kit collect"
+
+
+def _wait_for_iteration(b, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        log = b / "logs" / "launcher.log"
+        if log.exists() and " iteration " in log.read_text(errors="replace"):
+            return
+        time.sleep(1)
+    pytest.fail(f"no iteration within {timeout_s:.0f} s")
+
+
+def test_kit_cancel_of_a_running_slurm_job_interrupts_it(slurm_cluster, tmp_path):
+    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "slurm", "--set", "train.iters=500",
+                   "--out", str(tmp_path), env=slurm_cluster)
+    assert proc.returncode == 0, proc.stderr
+    b = bundle_from_output(proc.stdout)
+    job_id = load(b, "job/job.json")["job_id"]
+    _wait_for_iteration(b)
+    out = kit_cli("cancel", str(b), env=slurm_cluster, timeout=300)
+    assert out.returncode == 130, out.stdout + out.stderr
+    m = read_manifest(b)
+    assert m.status == "interrupted" and "cancelled with kit cancel" in m.reason, m.reason
+    assert f"slurm job {job_id}" in m.reason
+    assert verify(b).ok, verify(b).problems
+    assert load(b, "metrics.json")["iterations"], "what the run logged is kept"
+    again = kit_cli("cancel", str(b), env=slurm_cluster)
+    assert again.returncode == 0 and "already ended" in again.stdout, again.stdout + again.stderr
+
+
+def test_kit_cancel_of_a_pending_slurm_job_finalizes_it_before_it_starts(slurm_cluster, tmp_path):
+    env = {**os.environ, **slurm_cluster}
+    blocker = subprocess.run(["sbatch", "--parsable", "--exclusive", "--output", "/dev/null", "--wrap", "sleep 600"], env=env,
+                             capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    try:
+        proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "slurm", *FAST, "--out", str(tmp_path),
+                       env=slurm_cluster)
+        assert proc.returncode == 0, proc.stderr
+        b = bundle_from_output(proc.stdout)
+        job_id = load(b, "job/job.json")["job_id"]
+        st = kit_cli("status", str(b), env=slurm_cluster)
+        assert f"slurm job {job_id}: pending" in st.stdout, st.stdout
+        out = kit_cli("cancel", str(b), env=slurm_cluster, timeout=300)
+        assert out.returncode == 130, out.stdout + out.stderr
+        m = read_manifest(b)
+        assert m.status == "interrupted", m.reason
+        assert f"slurm job {job_id} was cancelled before the kit started in it" in m.reason
+        assert "cancelled with kit cancel" in m.reason
+        assert verify(b).ok, verify(b).problems
+        assert load(b, "provenance.json")["job"]["collected_by"] == "kit collect"
+    finally:
+        subprocess.run(["scancel", blocker], env=env, capture_output=True)

@@ -14,6 +14,7 @@ known-bad combinations a ``--force`` run matches) are handed in by the caller.
 from __future__ import annotations
 
 import abc
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,6 +43,16 @@ class Scheduler(abc.ABC):
     name: ClassVar[str] = "?"
     #: the launcher (kit.launchers) that starts the ranks inside the job
     launcher: ClassVar[str] = "?"
+    #: what this scheduler's job ids look like; a job id read from a bundle is checked against
+    #: it (``check_job_id``) before it reaches a command
+    job_id_pattern: ClassVar[re.Pattern[str]] = re.compile(r"\d+")
+
+    def check_job_id(self, job_id: str, where: str) -> str:
+        """``job_id`` when it is one of this scheduler's job ids, else a KitError naming ``where``."""
+        if not self.job_id_pattern.fullmatch(job_id):
+            raise KitError(f"{job_id!r} is not a {self.name} job id", where=where,
+                           fix="the bundle's job record is damaged; see `kit bundle verify`")
+        return job_id
 
     def validate(self, plan: Any) -> None:
         """Refuse plans this scheduler cannot run (raise KitError)."""
@@ -94,7 +105,8 @@ class Scheduler(abc.ABC):
     def poll(self, job_id: str) -> JobState: ...
 
     @abc.abstractmethod
-    def cancel(self, job_id: str) -> None: ...
+    def cancel(self, job_id: str) -> None:
+        """Ask the job manager to cancel the job (KitError when it refuses)."""
 
     def stats(self, bundle_dir: Path) -> dict[str, str]:
         """What the job manager's statistics files in the bundle's logs say (``KEY: value``)."""

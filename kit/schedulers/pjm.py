@@ -45,7 +45,8 @@ A64FX_CORES = 48  # compute cores per node (4 CMGs of 12)
 RETENTION_MAX_NODES = 9216
 SMALL_MAX_NODES = 384  # Fugaku's "small" resource group; above it "large"
 
-_SUBMITTED = re.compile(r"Job\s+(\d+(?:\[\d+\])?)\s+submitted")
+_JOB_ID = r"\d+(?:\[\d+\])?"  # a job, or a bulk job's sub-job (ID[N])
+_SUBMITTED = re.compile(rf"Job\s+({_JOB_ID})\s+submitted")
 # pjstat ST column
 _STATES = {"ACC": "pending", "QUE": "pending", "RNA": "pending", "HLD": "pending", "SPD": "pending",
            "RSM": "pending", "SPP": "running", "RUN": "running", "RNO": "running", "RNE": "running",
@@ -69,6 +70,7 @@ def _quote_block(argv: list[str], indent: str = "#   ") -> list[str]:
 @register("pjm")
 class PjmScheduler(Scheduler):
     launcher = "mpirun"  # Fujitsu MPI flavour inside the job (PJM_JOBID is set)
+    job_id_pattern = re.compile(_JOB_ID)
 
     def cores_per_node(self) -> int | None:
         return A64FX_CORES

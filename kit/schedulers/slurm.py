@@ -63,6 +63,7 @@ def _down_nodes(nodelist: str) -> str:
 @register("slurm")
 class SlurmScheduler(Scheduler):
     launcher = "srun"
+    job_id_pattern = re.compile(r"\d+(?:[_+]\d+)?")  # a job, an array task (ID_N), a het. component (ID+N)
 
     def cores_per_node(self) -> int | None:
         """CPUs per node of the default (or $SBATCH_PARTITION) partition, from sinfo."""
