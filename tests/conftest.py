@@ -39,6 +39,27 @@ def load(bundle: Path, name: str) -> dict:
 FAST = ["--set", "train.iters=6", "--set", "train.warmup_iters=1"]
 
 
+def submit_long_run(launcher: str, env: dict, out: Path) -> Path:
+    """A 500-iteration ``tiny`` run submitted with ``--launcher LAUNCHER`` (slurm, pjm): its bundle."""
+    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", launcher, "--set", "train.iters=500",
+                   "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    return bundle_from_output(proc.stdout)
+
+
+def wait_for_iteration(bundle: Path, timeout_s: float = 300) -> None:
+    """Until the bundle's launcher log shows an iteration (fails after ``timeout_s``)."""
+    import time
+
+    log = bundle / "logs" / "launcher.log"
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if log.exists() and " iteration " in log.read_text(errors="replace"):
+            return
+        time.sleep(1)
+    pytest.fail(f"no iteration within {timeout_s:.0f} s")
+
+
 @pytest.fixture(scope="session")
 def results_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("results")

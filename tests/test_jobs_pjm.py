@@ -7,11 +7,10 @@ per-rank -std-proc files followed, statistics file folded in by kit collect.
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from conftest import FAST, bundle_from_output, kit_cli, load
+from conftest import FAST, bundle_from_output, kit_cli, load, submit_long_run, wait_for_iteration
 from kit.bundle import read_manifest, verify
 
 pytestmark = [pytest.mark.slow]
@@ -37,15 +36,9 @@ def test_pjm_two_ranks_wait(pjm_standins, tmp_path):
 
 
 def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
-    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "pjm", "--set", "train.iters=500",
-                   "--out", str(tmp_path), env=pjm_standins)
-    assert proc.returncode == 0, proc.stderr
-    b = bundle_from_output(proc.stdout)
+    b = submit_long_run("pjm", pjm_standins, tmp_path)
     job_id = load(b, "job/job.json")["job_id"]
-    deadline = time.time() + 300
-    while time.time() < deadline and " iteration " not in (
-            (b / "logs" / "launcher.log").read_text(errors="replace") if (b / "logs" / "launcher.log").exists() else ""):
-        time.sleep(1)
+    wait_for_iteration(b)
     import subprocess
 
     subprocess.run(["pjdel", job_id], env={**__import__("os").environ, **pjm_standins}, check=True)
@@ -61,15 +54,9 @@ def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
 
 
 def test_kit_cancel_interrupts_a_running_pjm_job(pjm_standins, tmp_path):
-    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "pjm", "--set", "train.iters=500",
-                   "--out", str(tmp_path), env=pjm_standins)
-    assert proc.returncode == 0, proc.stderr
-    b = bundle_from_output(proc.stdout)
+    b = submit_long_run("pjm", pjm_standins, tmp_path)
     job_id = load(b, "job/job.json")["job_id"]
-    deadline = time.time() + 300
-    while time.time() < deadline and " iteration " not in (
-            (b / "logs" / "launcher.log").read_text(errors="replace") if (b / "logs" / "launcher.log").exists() else ""):
-        time.sleep(1)
+    wait_for_iteration(b)
     out = kit_cli("cancel", str(b), env=pjm_standins, timeout=300)
     m = read_manifest(b)
     assert out.returncode == 130, out.stdout + out.stderr

@@ -6,11 +6,10 @@ import json
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 
-from conftest import FAST, bundle_from_output, kit_cli, load
+from conftest import FAST, bundle_from_output, kit_cli, load, submit_long_run, wait_for_iteration
 from kit.bundle import read_manifest, verify
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -48,22 +47,11 @@ def test_slurm_two_ranks_wait(slurm_cluster, tmp_path):
 
 def test_slurm_job_killed_before_finalize_is_collected(slurm_cluster, tmp_path):
     """The kit inside the job dies (SIGKILL, like a node failure): `kit collect` finalizes from what is left."""
-    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "slurm", "--set", "train.iters=500",
-                   "--out", str(tmp_path), env=slurm_cluster)
-    assert proc.returncode == 0, proc.stderr
-    b = bundle_from_output(proc.stdout)
+    b = submit_long_run("slurm", slurm_cluster, tmp_path)
     assert read_manifest(b).status == "submitted"
     st = kit_cli("status", str(b), env=slurm_cluster)
     assert "job " in st.stdout and st.returncode == 0
-    # wait until iterations are logged, then kill kit job-run hard
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        log = b / "logs" / "launcher.log"
-        if log.exists() and " iteration " in log.read_text(errors="replace"):
-            break
-        time.sleep(1)
-    else:
-        pytest.fail("no iteration within 300 s")
+    wait_for_iteration(b)  # then kill kit job-run hard
     assert kit_cli("collect", str(b), env=slurm_cluster).returncode == 4  # still running
     pids = subprocess.run(["pgrep", "-f", f"kit job-run {b}"], capture_output=True, text=True).stdout.split()
     assert pids
@@ -79,23 +67,10 @@ def test_slurm_job_killed_before_finalize_is_collected(slurm_cluster, tmp_path):
     assert json.loads((b / "provenance.json").read_text())["job"]["collected_by"] == "kit collect"
 
 
-def _wait_for_iteration(b, timeout_s: float = 300) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        log = b / "logs" / "launcher.log"
-        if log.exists() and " iteration " in log.read_text(errors="replace"):
-            return
-        time.sleep(1)
-    pytest.fail(f"no iteration within {timeout_s:.0f} s")
-
-
 def test_kit_cancel_of_a_running_slurm_job_interrupts_it(slurm_cluster, tmp_path):
-    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", "slurm", "--set", "train.iters=500",
-                   "--out", str(tmp_path), env=slurm_cluster)
-    assert proc.returncode == 0, proc.stderr
-    b = bundle_from_output(proc.stdout)
+    b = submit_long_run("slurm", slurm_cluster, tmp_path)
     job_id = load(b, "job/job.json")["job_id"]
-    _wait_for_iteration(b)
+    wait_for_iteration(b)
     out = kit_cli("cancel", str(b), env=slurm_cluster, timeout=300)
     assert out.returncode == 130, out.stdout + out.stderr
     m = read_manifest(b)
