@@ -39,7 +39,8 @@ start_munge() {
     runuser -u munge -- /usr/sbin/munged
     for _ in $(seq 50); do munge_ok && break; sleep 0.1; done
     munge_ok || { log "munged did not start"; return 1; }
-    pgrep -u munge -x munged | head -1 >"$DIR/munged.pid" || true
+    # the daemon's own pid file: a pgrep here may still see the process it forked from
+    cp /run/munge/munged.pid "$DIR/munged.pid" 2>/dev/null || pgrep -u munge -x munged | tail -1 >"$DIR/munged.pid" || true
     touch "$DIR/munged.ours"
 }
 
