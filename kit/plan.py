@@ -149,6 +149,10 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
     recipe, recipe_path = recipe_mod.load(recipe_name, overrides)
     preset, preset_paths = preset_mod.load(preset_names)
     where = f"{recipe_path} + preset {preset.name}"
+    for name in recipe.env:
+        if name in settings_mod.reserved_env() or name.startswith("KIT_"):
+            raise KitError(f"{name} is a machine setting the kit sets itself", where=f"{recipe_path}: env.{name}",
+                           fix="set it in a preset (threads_per_rank, allocator) instead, or leave it to the launcher")
     dp, world, rpn = _layout(recipe, preset, nodes, where)
 
     if runtime is None:
@@ -182,11 +186,12 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
     lib = None if defer_allocator else settings_mod.allocator_library(
         preset.allocator, find=getattr(rt, "find_tcmalloc", None))
     if lib:
-        env["LD_PRELOAD"] = settings_mod.preload(lib)
+        env[settings_mod.ALLOCATOR_ENV] = settings_mod.preload(lib)
     if defer_allocator:
-        alloc_by = f"LD_PRELOAD={preset.allocator}, resolved on the compute node by kit job-run (set for the ranks only)"
+        alloc_by = (f"{settings_mod.ALLOCATOR_ENV}={preset.allocator}, resolved on the compute node by kit job-run "
+                    "(set for the ranks only)")
     elif lib:
-        alloc_by = f"LD_PRELOAD={lib}"
+        alloc_by = f"{settings_mod.ALLOCATOR_ENV}={lib}"
     else:
         alloc_by = "default allocator"
     settings = settings_mod.resolve(

@@ -11,7 +11,8 @@ also needs where it lives and what it needs in its environment:
   and vocabulary files), so a site changes one line, or ``--set vars.NAME=…``;
 - ``env``: variables the command needs (``PYTHONPATH``, ``DS_ACCELERATOR``), templated like
   the command and exported to every rank by every launcher. Machine settings stay in
-  presets: OMP_NUM_THREADS, LD_PRELOAD and the kit's own KIT_* names are refused here;
+  presets: their variables (OMP_NUM_THREADS, LD_PRELOAD), the rank contract and the kit's own
+  KIT_* names are refused (kit.plan, from kit.settings.reserved_env);
 - ``workdir``: the directory the ranks start in (templated; default: where ``kit run`` runs).
 """
 
@@ -117,13 +118,10 @@ class Recipe(_Strict):
 
     @field_validator("env")
     @classmethod
-    def _env_is_not_a_setting(cls, v):
+    def _env_names(cls, v):  # the names the kit sets itself are refused by kit.plan (kit.settings knows them)
         for name in v:
             if not _ENV_NAME.match(name):
                 raise ValueError(f"env: {name!r} is not a variable name")
-            if name in _SETTING_VARS or name.startswith("KIT_"):
-                raise ValueError(f"env: {name} is a machine setting the kit sets itself; set it in a preset "
-                                 "(threads_per_rank, allocator) instead")
         return v
 
     @field_validator("command")
@@ -189,9 +187,6 @@ class Recipe(_Strict):
 
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.]*)\}")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: variables that carry preset settings (kit.plan) or the launcher's rank contract
-_SETTING_VARS = {"OMP_NUM_THREADS", "LD_PRELOAD", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-                 "MASTER_ADDR", "MASTER_PORT"}
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

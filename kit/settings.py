@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from kit import allocator, hostinfo
+from kit import allocator, hostinfo, rankenv
 from kit.errors import KitError
 from kit.launchers.common import cpu_freq_khz
 
@@ -177,6 +177,17 @@ def _applied(spec: Spec, value: Any, backend: str, *, mpi: str) -> tuple[str, st
     return None
 
 
+#: the variable that preloads the allocator's library into every rank (``preload``)
+ALLOCATOR_ENV = "LD_PRELOAD"
+
+
+def reserved_env() -> frozenset[str]:
+    """Variables a recipe's ``env`` may not set: the knobs' (``OMP_NUM_THREADS``, the
+    allocator's ``LD_PRELOAD``), the ranks' torchrun contract and the kit's own ``KIT_*``
+    (checked by prefix in ``kit.plan``)."""
+    return frozenset({s.env_var for s in SPECS if s.env_var} | {ALLOCATOR_ENV} | set(rankenv.CONTRACT))
+
+
 def rank_environment(values: Mapping[str, Any]) -> dict[str, str]:
     """The variables the knobs' specs set in every rank's environment from their values
     (``threads_per_rank`` → ``OMP_NUM_THREADS``), whoever applies the knob."""
@@ -235,7 +246,7 @@ def allocator_library(requested: str | None, *, find: Callable[[], str | None] |
 def preload(lib: str, environ: Mapping[str, str] | None = None) -> str:
     """``LD_PRELOAD`` with ``lib`` first, keeping what the environment already preloads."""
     env = os.environ if environ is None else environ
-    return lib if not env.get("LD_PRELOAD") else f"{lib}:{env['LD_PRELOAD']}"
+    return lib if not env.get(ALLOCATOR_ENV) else f"{lib}:{env[ALLOCATOR_ENV]}"
 
 
 def allocator_on_node(plan: Any) -> tuple[Any, str]:

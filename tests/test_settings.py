@@ -4,6 +4,7 @@ each scheduler or launcher emits verbatim, and how the run verifies it."""
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,19 @@ def test_the_threads_spec_owns_the_ranks_thread_variable(monkeypatch):
     p = plan_mod.resolve(recipe_name="tiny", launcher="local")
     assert p.env["KIT_TEST_THREADS"] == str(p.threads_per_rank) and "OMP_NUM_THREADS" not in p.env
     assert p.setting("threads_per_rank").applied_by == f"KIT_TEST_THREADS={p.threads_per_rank}"
+
+
+@pytest.mark.parametrize("name", ["OMP_NUM_THREADS", "LD_PRELOAD", "LOCAL_RANK", "MASTER_PORT", "KIT_RUN_ID"])
+def test_a_recipe_env_may_not_set_what_the_kit_sets(tmp_path, name):
+    """The knobs' variables (from their specs), the allocator's preload, the rank contract and
+    the kit's own names: refused in one line naming the recipe file and key."""
+    from kit.errors import KitError
+
+    r = tmp_path / "r.yaml"
+    r.write_text((Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text() + f"env:\n  {name}: '1'\n")
+    with pytest.raises(KitError) as e:
+        plan_mod.resolve(recipe_name=str(r), preset_names=["baseline"])
+    assert f"{r}: env.{name}" in str(e.value) and "preset" in str(e.value)
+    ok = tmp_path / "ok.yaml"
+    ok.write_text((Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text() + "env:\n  PYTHONPATH: /x\n")
+    plan_mod.resolve(recipe_name=str(ok), preset_names=["baseline"])  # any other name is the recipe's own
