@@ -19,6 +19,9 @@ from kit.digest import sha256_file
 from kit.engines import OCI_ENGINES, SIF_ENGINES, first_on_path
 from kit.errors import KitError
 
+#: the label listing the directories an image brings, space-separated (``kit image build
+#: --dsf`` sets ``/opt/dsf``); the container runtimes never bind a host directory over them
+PROVIDES_LABEL = "org.kit.provides"
 
 
 def is_sif(ref: str) -> bool:
