@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kit.errors import KitError
-from kit.image.inspect import PROVIDES_LABEL
+from kit.image.labels import PROVIDES_LABEL
 
 ROOT = "/opt/dsf"  # the image's set-up prefix (dsf-setup.sh --prefix)
 PROGRAM = f"{ROOT}/DeepSpeedFugaku"  # the recipes' vars.dsf

@@ -43,10 +43,9 @@ import yaml
 from kit.digest import sha256_file
 from kit.errors import KitError
 from kit.image import dsf as dsf_layer
+from kit.image.labels import HASH_PLACEHOLDER, RECIPE_HASH_LABEL
 
 TARGETS = ("x86_64", "a64fx")
-RECIPE_HASH_LABEL = "org.kit.recipe.sha256"
-_HASH_PLACEHOLDER = "-" * 64
 
 VENV = "/opt/kit/venv"
 PIP_CACHE = "/var/cache/kit-pip"
@@ -238,7 +237,7 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         labels.update(dsf_layer.labels(options.dsf, root))
         labels["org.kit.dsf.constraints.sha256"] = hashlib.sha256(
             dsf_layer.constraints_text(versions).encode()).hexdigest()
-    labels[RECIPE_HASH_LABEL] = _HASH_PLACEHOLDER
+    labels[RECIPE_HASH_LABEL] = HASH_PLACEHOLDER
 
     env = {
         "PATH": f"{VENV}/bin:$PATH",
@@ -328,7 +327,7 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
     ]
     text = "\n".join(lines)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    text = text.replace(_HASH_PLACEHOLDER, digest)
+    text = text.replace(HASH_PLACEHOLDER, digest)
     labels[RECIPE_HASH_LABEL] = digest
     return Recipe(options=options, text=text, sha256=digest, labels=labels, constraints=constraints, target=t)
 
@@ -367,15 +366,6 @@ def _source_build(src: dict[str, Any], pip: str) -> list[str]:
         f"{VENV}/bin/python setup.py bdist_wheel --dist-dir {DIST} && cd / && rm -rf {pt}"
     )
     return [f"{pip} {' '.join(src['build_requires'])}", openblas, acl, torch]
-
-
-def verify_hash(text: str) -> bool:
-    """Whether a definition file's ``org.kit.recipe.sha256`` label matches its text."""
-    m = re.search(rf"^\s*{re.escape(RECIPE_HASH_LABEL)} ([0-9a-f]{{64}})\s*$", text, re.M)
-    if not m:
-        return False
-    blank = text.replace(m.group(1), _HASH_PLACEHOLDER, 1)
-    return hashlib.sha256(blank.encode()).hexdigest() == m.group(1)
 
 
 def committed_path(target: str) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.hostinfo import cpu_model
-from kit.image.inspect import PROVIDES_LABEL
+from kit.image.labels import PROVIDES_LABEL
 
 _REGISTRY: dict[str, Callable[..., "Runtime"]] = {}
 
