@@ -284,6 +284,11 @@ def _program_record(directory: Path) -> dict[str, Any] | None:
     return None
 
 
+def strip_credentials(url: str) -> str:
+    """A remote URL without its ``user:token@`` part."""
+    return _USERINFO.sub("", url)
+
+
 def _git_state(directory: Path) -> dict[str, Any]:
     top = _git(directory, "rev-parse", "--show-toplevel")
     if top is None:
@@ -291,7 +296,7 @@ def _git_state(directory: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"repository": top.stdout.decode(errors="replace").strip()}
     remote = _git(directory, "remote", "get-url", "origin") or _git(directory, "config", "--get-regexp", r"^remote\..*\.url$")
     url = remote.stdout.decode(errors="replace").strip().split("\n")[0].split(" ")[-1] if remote else None
-    out["remote"] = _USERINFO.sub("", url) if url else None
+    out["remote"] = strip_credentials(url) if url else None
     head = _git(directory, "rev-parse", "HEAD")
     out["commit"] = head.stdout.decode().strip() if head else None
     diff = _git(directory, "diff", "--binary", "HEAD")

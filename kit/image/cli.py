@@ -115,8 +115,8 @@ def build(
     from kit import site as site_mod
     from kit.image import build as b
 
+    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel, dsf)  # bad input first, then the engine
     eng = b.detect_engine(engine)
-    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel, dsf)
     ctx = context or kit.cache_dir() / "image-build" / opts.variant()
     cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or kit.cache_dir() / "pip")
     plan = b.prepare(opts, engine=eng, context=ctx, ref=tag, wheelhouse=list(wheelhouse) or None,

@@ -33,12 +33,12 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.image.labels import PROVIDES_LABEL
+from kit.provenance import PROGRAM_RECORD, strip_credentials
 
 ROOT = "/opt/dsf"  # the image's set-up prefix (dsf-setup.sh --prefix)
 PROGRAM = f"{ROOT}/DeepSpeedFugaku"  # the recipes' vars.dsf
 SETUP = f"{ROOT}/setup"  # the set-up scripts and the dsf pins, copied in
 CONSTRAINTS = f"{SETUP}/constraints.txt"
-PROGRAM_FILE = "KIT_PROGRAM.json"  # what the tree is, for provenance (no .git in the image)
 #: the set-up files the image runs, from the kit checkout's scripts/
 SETUP_FILES = ("dsf-setup.sh", "dsf-import-guards.patch", "dsf_make_data.py")
 #: dsf-setup.sh's steps the image runs (1, the checkout, is the staged tree; 2, the packages,
@@ -46,7 +46,6 @@ SETUP_FILES = ("dsf-setup.sh", "dsf-import-guards.patch", "dsf_make_data.py")
 IMAGE_STEPS = (3, 4, 5)
 SHM_COMM_BUILD = ("from deepspeed.accelerator import get_accelerator; "
                   "get_accelerator().create_op_builder(\"ShareMemCommBuilder\").load()")
-_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 _FIX = "pass a DeepSpeedFugaku git checkout (scripts/dsf-setup.sh makes one)"
 
 
@@ -103,7 +102,7 @@ def checkout(path: Path, root: Path) -> DsfSource:
     remote = _git(path, "remote", "get-url", "origin")
     url = remote.stdout.decode(errors="replace").strip() if remote.returncode == 0 else ""
     return DsfSource(path=str(path.resolve()), commit=head.stdout.decode().strip(),
-                     remote=_USERINFO.sub("", url) or "none")
+                     remote=strip_credentials(url) or "none")
 
 
 def labels(source: DsfSource, root: Path) -> dict[str, str]:
@@ -164,7 +163,7 @@ def stage(source: DsfSource, root: Path, context: Path, versions: dict) -> None:
     if archive.wait() != 0 or untar.returncode != 0:
         raise KitError(f"git archive of {source.path} failed ({untar.stderr.decode(errors='replace')[-200:]})",
                        where="--dsf", fix="check the checkout with git -C DIR fsck")
-    (dest / PROGRAM_FILE).write_text(json.dumps(program_record(source, root), indent=1, sort_keys=True) + "\n")
+    (dest / PROGRAM_RECORD).write_text(json.dumps(program_record(source, root), indent=1, sort_keys=True) + "\n")
     setup = context / "dsf" / "setup"
     setup.mkdir(parents=True, exist_ok=True)
     for name in SETUP_FILES:
