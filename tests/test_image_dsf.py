@@ -71,6 +71,19 @@ def test_dsf_recipe_stages_the_tree_labels_the_commit_and_runs_the_setup_steps(c
     assert r.options.variant() == f"{target}-tcmalloc-dsf" and r.options.tag() == f"localhost/kit:{target}-tcmalloc-dsf"
 
 
+def test_staged_dsf_recipe_unpacks_the_kit_packages_and_pip_installs_the_dsf_ones(checkout):
+    """--staged --dsf (CI's emulated a64fx build): torch, DeepSpeed and the kit's packages come
+    from the host-staged tree as without --dsf; the few small dsf wheels are installed by the
+    image's pip, pinned, after the offline check of the staged ones."""
+    r = render(RecipeOptions("a64fx", True, staged=True, dsf=dsf.checkout(checkout, REPO)))
+    post = [ln.strip() for ln in r.text.split("%post\n", 1)[1].strip().splitlines()]
+    offline = next(i for i, ln in enumerate(post) if "--no-index" in ln)
+    pip = next(i for i, ln in enumerate(post) if ln.endswith("sentencepiece nltk regex six pybind11"))
+    assert post[offline - 1].startswith("cp -a /opt/kit/wheelhouse/venv/. ") and offline < pip
+    assert "--no-index" not in post[pip] and r.labels["org.kit.staged"] == "host"
+    assert r.options.variant() == "a64fx-tcmalloc-dsf" and "--staged --dsf DIR" in r.text
+
+
 def test_dsf_dockerfile_adds_the_program_late_and_labels_last(checkout):
     r = render(RecipeOptions("x86_64", True, dsf=dsf.checkout(checkout, REPO)))
     df = to_dockerfile(r.text).splitlines()
