@@ -245,7 +245,9 @@ def execute(plan: Plan, b: Bundle, console: Console, *, launcher_name: str | Non
     rt = runtimes.get(plan.runtime, image=plan.image)
     cwd = Path(plan.workdir) if plan.workdir else Path.cwd()  # the recipe's workdir: where the ranks start
     cmd = _command(plan, b, launcher, rt, cwd)
-    if not cwd.is_dir():
+    if rt.provides(cwd):  # the image's own directory: the ranks start there inside, the launcher here
+        cwd = Path.cwd()
+    elif not cwd.is_dir():
         cmd.start_error = f"on {socket.gethostname()}: the recipe's workdir {cwd} is not a directory"
         cwd = Path.cwd()
     plan = cmd.plan

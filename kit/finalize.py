@@ -161,7 +161,7 @@ def _write(rec: RunRecord, console: Console) -> Outcome:
     prov = provenance.collect(plan_summary=plan_summary, env=rec.env, software=software, runtime=rt.describe(), extra={
         "recipe": r.model_dump(by_alias=True),
         "preset": plan.preset.model_dump(),
-        "program": provenance.program(plan.rank_argv, workdir=Path(plan.workdir or os.getcwd()), env=plan.env),
+        "program": rt.describe_program(plan.rank_argv, workdir=Path(plan.workdir or os.getcwd()), env=plan.env),
         "run": {"argv": redact_argv(rec.argv), "kit_env": sorted(rec.kit_env), "launcher": plan.launcher,
                 "launcher_exit_code": rec.launcher_rc, "started": rec.started, "ended": bundle_mod.now_iso(),
                 "duration_s": round(rec.duration, 3), "stacks": rec.stacks},

@@ -211,7 +211,7 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
         job=job, force=force, site=where_site,
     )
     launch.validate(plan)
-    if plan.workdir and not batch and not Path(plan.workdir).is_dir():
+    if plan.workdir and not batch and not Path(plan.workdir).is_dir() and not rt.provides(plan.workdir):
         raise KitError(f"workdir {plan.workdir} is not a directory", where=f"{recipe_path} workdir",
                        fix="point the recipe's vars (--set vars.NAME=PATH) at an existing checkout")
     return plan

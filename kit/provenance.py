@@ -6,7 +6,8 @@ where it ran: on the host or inside the image), the machine, the scheduler's var
 the training process's environment with secrets redacted. ``program()`` records the
 training program itself: the repository of its script or module (remote, commit, dirty
 flag, a hash of its local diff) and the sha256 of the data and vocabulary files its
-command names.
+command names; ``program_inside()`` takes the same record with an image's own kit, for a
+program the image brings (``kit image build --dsf``).
 """
 
 from __future__ import annotations
@@ -190,6 +191,35 @@ def program(rank_argv: list[str], *, workdir: Path, env: dict[str, str],
     return out
 
 
+_PROGRAM_SCRIPT = ("import json, sys; from pathlib import Path; from kit import provenance as p; "
+                   "a = json.loads(sys.argv[1]); print('KIT-PROGRAM-JSON ' + json.dumps(p.program("
+                   "a['argv'], workdir=Path(a['workdir']), env=a['env'])))")
+
+
+def program_inside(python_argv: list[str], rank_argv: list[str], *, workdir: Path, env: dict[str, str],
+                   timeout: float = 120) -> dict[str, Any]:
+    """``program()`` as the kit inside an image sees it (``python_argv``: the image's Python,
+    wrapped by the runtime): for a program the image brings, whose files the host cannot read.
+    On failure, the record says so (``error``), with nothing else taken."""
+    arg = json.dumps({"argv": list(rank_argv), "workdir": str(workdir),
+                      "env": {"PYTHONPATH": env.get("PYTHONPATH", "")}})
+    try:
+        proc = subprocess.run([*python_argv, "-c", _PROGRAM_SCRIPT, arg], capture_output=True, text=True,
+                              timeout=timeout)
+    except (OSError, subprocess.SubprocessError) as e:
+        return {"argv": rankexec.program_argv(rank_argv), "workdir": str(workdir), "error": f"could not run: {e}"}
+    for line in proc.stdout.splitlines():
+        if line.startswith("KIT-PROGRAM-JSON "):
+            try:
+                doc = json.loads(line.split(" ", 1)[1])
+            except ValueError:
+                break
+            if isinstance(doc, dict):
+                return {**doc, "taken": "inside the image"}
+    return {"argv": rankexec.program_argv(rank_argv), "workdir": str(workdir),
+            "error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+
+
 def _script(words: list[str], workdir: Path, env: dict[str, str]) -> Path | None:
     """The file the program runs: the script or module after the interpreter's options, or
     the program itself when it is a file (``./train.sh``)."""
@@ -225,14 +255,48 @@ def _git(directory: Path, *args: str) -> subprocess.CompletedProcess | None:
     return r if r.returncode == 0 else None
 
 
+#: written at the top of a program tree staged without ``.git`` (``kit image build --dsf``):
+#: the git facts of the commit it was taken from and the patch applied to it
+PROGRAM_RECORD = "KIT_PROGRAM.json"
+_RECORD_KEYS = {"remote": str, "commit": str, "dirty": bool, "diff_sha256": str, "diff_files": list}
+
+
+def _program_record(directory: Path) -> dict[str, Any] | None:
+    """The ``PROGRAM_RECORD`` of the tree holding ``directory`` (looked for upwards), reduced
+    to git's fields with their types checked; None where there is none."""
+    for d in [directory, *directory.parents]:
+        f = d / PROGRAM_RECORD
+        try:
+            if not f.is_file() or f.stat().st_size > 65536:
+                continue
+            doc = json.loads(f.read_text(errors="replace"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(doc, dict):
+            return None
+        out: dict[str, Any] = {"repository": str(d)}
+        for key, kind in _RECORD_KEYS.items():
+            v = doc.get(key)
+            ok = isinstance(v, kind) and (kind is not list or all(isinstance(x, str) for x in v))
+            out[key] = v if ok else None
+        out["source"] = f"{f} (a tree staged without .git: {str(doc.get('staged_by', ''))[:200]})"
+        return out
+    return None
+
+
+def strip_credentials(url: str) -> str:
+    """A remote URL without its ``user:token@`` part."""
+    return _USERINFO.sub("", url)
+
+
 def _git_state(directory: Path) -> dict[str, Any]:
     top = _git(directory, "rev-parse", "--show-toplevel")
     if top is None:
-        return {"git": None, "why": "not in a git checkout (or git is not installed)"}
+        return _program_record(directory) or {"git": None, "why": "not in a git checkout (or git is not installed)"}
     out: dict[str, Any] = {"repository": top.stdout.decode(errors="replace").strip()}
     remote = _git(directory, "remote", "get-url", "origin") or _git(directory, "config", "--get-regexp", r"^remote\..*\.url$")
     url = remote.stdout.decode(errors="replace").strip().split("\n")[0].split(" ")[-1] if remote else None
-    out["remote"] = _USERINFO.sub("", url) if url else None
+    out["remote"] = strip_credentials(url) if url else None
     head = _git(directory, "rev-parse", "HEAD")
     out["commit"] = head.stdout.decode().strip() if head else None
     diff = _git(directory, "diff", "--binary", "HEAD")

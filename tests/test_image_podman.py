@@ -241,3 +241,74 @@ def _env_of(p) -> dict:
         return p.environ()
     except Exception:  # noqa: BLE001  (gone, or not ours to read)
         return {}
+
+
+# -- kit image build --dsf: DeepSpeedFugaku set up in the image (kit/image/dsf.py) ---------------
+DSF_STANDIN_REF = "localhost/kit-test:x86_64-tcmalloc-dsf-standin"
+
+
+@pytest.fixture(scope="session")
+def dsf_standin_image(tmp_path_factory):
+    """The x86_64 image built with ``--dsf`` from the STAND-IN checkout of
+    tests/standins/dsf_checkout.py (it stands in for DeepSpeedFugaku, which CI cannot fetch:
+    the Megatron stand-in as pretrain_gpt.py, a training.py the real import-guard patch
+    applies to, a pybind11 helpers Makefile, a preprocess_data.py). The image's set-up runs
+    for real: the patch with git apply, g++ building the helpers for the image's Python, the
+    tiny vocabulary and dataset. The checkout's commit has fixed dates, so a second build hits
+    podman's layer cache."""
+    from kit.image import build as b
+    from kit.image import dsf
+    from standins.dsf_checkout import make_checkout
+
+    why = podman_ready("amd64")
+    if why:
+        pytest.skip(why)
+    checkout = make_checkout(tmp_path_factory.mktemp("dsf") / "DeepSpeedFugaku")
+    wh = [Path(p) for p in os.environ.get("KIT_WHEELHOUSE", "/opt/wheels").split(os.pathsep)]
+    plan = b.prepare(RecipeOptions("x86_64", True, base=BASE["amd64"], dsf=dsf.checkout(checkout, REPO)),
+                     engine="podman", context=CACHE / "ctx" / "x86_64-tcmalloc-dsf-standin", ref=DSF_STANDIN_REF,
+                     wheelhouse=wh, pip_cache=CACHE / "pip")
+    return {**b.run(plan), "checkout": checkout, "commit": plan.recipe.labels["org.kit.dsf.commit"]}
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_dsf_image_runs_dsf_tiny_with_nothing_from_the_host(dsf_standin_image, tmp_path):
+    """`kit run dsf-tiny` in the --dsf image (stand-in program, see the fixture) with the
+    recipe's own defaults, /opt/dsf/...: the program, its patch, the helpers and the data
+    are the image's; the run records the checkout's commit from the image (no .git there)
+    and hashes the image's data files, as a host run records its checkout."""
+    from kit.image import dsf
+
+    info = dsf_standin_image
+    assert info["labels"]["org.kit.dsf.commit"] == info["commit"]
+    assert info["labels"]["org.kit.dsf.patch.sha256"] == dsf.patch_sha256(REPO)
+    # inside: the patch applied, the helpers built for the image's Python, the data made
+    probe = subprocess.run(["podman", "run", "--rm", info["ref"], "sh", "-c",
+                            "grep -c 'kit dsf-setup' /opt/dsf/DeepSpeedFugaku/megatron/training.py; "
+                            "ls /opt/dsf/DeepSpeedFugaku/megatron/data/ /opt/dsf/data/; "
+                            "python3 -c 'import sysconfig; print(sysconfig.get_config_var(\"EXT_SUFFIX\"))'; "
+                            "command -v g++"], capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr
+    out = probe.stdout.split()
+    assert out[0] == "2" and f"helpers{out[-2]}" in out and out[-1].endswith("g++"), probe.stdout
+    assert {"tiny-vocab.json", "tiny-merges.txt", "tiny_text_document.bin", "tiny_text_document.idx"} <= set(out)
+    assert not (tmp_path / "opt").exists()
+    r = kit_run("dsf-tiny", "--preset", "baseline", "--runtime", "podman", "--image", info["ref"],
+                "--set", "train.iters=4", "--set", "train.warmup_iters=1", "--out", str(tmp_path / "results"),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    bundle = only_bundle(tmp_path / "results")
+    launch = (bundle / "logs" / "launcher.log").read_text().splitlines()[0]
+    assert "--workdir /opt/dsf/DeepSpeedFugaku" in launch and "-v /opt/dsf" not in launch, launch
+    prog = json.loads((bundle / "provenance.json").read_text())["program"]
+    assert prog["taken"] == "inside the image"
+    script = prog["script"]
+    assert script["path"] == "/opt/dsf/DeepSpeedFugaku/pretrain_gpt.py"
+    assert script["commit"] == info["commit"] and script["remote"] == "https://github.com/Fugaku-LLM/DeepSpeedFugaku"
+    assert script["diff_sha256"] == dsf.patch_sha256(REPO) and script["dirty"] is True
+    assert "KIT_PROGRAM.json" in script["source"]
+    files = {f["path"]: f for f in prog["files"]}
+    assert set(files) == {"/opt/dsf/data/tiny_text_document.bin", "/opt/dsf/data/tiny_text_document.idx",
+                          "/opt/dsf/data/tiny-vocab.json", "/opt/dsf/data/tiny-merges.txt"}
+    assert all(len(f["sha256"]) == 64 for f in files.values())

@@ -20,7 +20,8 @@ from kit.image import build as b
 from kit.image import spy
 from kit.image.cli import app
 from kit.image.convert import spython_dockerfile, to_dockerfile
-from kit.image.recipe import RecipeOptions, committed_path, load_versions, render, verify_hash
+from kit.image.labels import verify_hash
+from kit.image.recipe import RecipeOptions, committed_path, load_versions, render
 
 GOLDEN = Path(__file__).parent / "golden" / "image"
 CASES = {
@@ -390,3 +391,28 @@ def test_a_site_adds_its_fakeroot_flags_and_tmpdir_for_a_user(empty_path, tmp_pa
     monkeypatch.setattr(b.os, "geteuid", lambda: 0)
     root = b.prepare(opts, engine="singularity", context=tmp_path / "ctx2", site=site_mod.load("fugaku"))
     assert "--fakeroot" not in root.argv and "--no-setgroups" not in root.argv and not root.env
+
+
+def test_inspect_of_a_sif_verifies_its_definition_file_against_the_recipe_label(empty_path, tmp_path):
+    """`kit image inspect X.sif` (and a run's provenance) says whether the def the SIF was
+    built from is the one its org.kit.recipe.sha256 label names. The singularity here is a
+    STAND-IN script answering `inspect --json --labels` and `inspect --deffile` (no
+    singularity can be installed on this CI)."""
+    from kit.image.inspect import inspect_sif
+
+    r = render(RecipeOptions("a64fx", True))
+    deffile = tmp_path / "embedded.def"
+    labels = json.dumps({"data": {"attributes": {"labels": r.labels}}})
+    _fake(empty_path, "singularity", f"[ \"$2\" = --json ] && echo '{labels}' && exit 0\n"
+                                     f"[ \"$2\" = --deffile ] && exec /bin/cat {deffile}\nexit 1\n")
+    sif = tmp_path / "kit.sif"
+    sif.write_bytes(b"SIF")
+    deffile.write_text(r.text)
+    got = inspect_sif(str(sif), "singularity")
+    assert got["labels"]["org.kit.recipe.sha256"] == r.sha256 and got["recipe_verified"] is True
+    deffile.write_text(r.text.replace("deepspeed==", "deepspeed>="))  # edited after rendering
+    assert inspect_sif(str(sif), "singularity")["recipe_verified"] is False
+    labels = json.dumps({"data": {"attributes": {"labels": {"org.kit.arch": "arm64"}}}})
+    _fake(empty_path, "singularity", f"[ \"$2\" = --json ] && echo '{labels}' && exit 0\nexit 1\n")
+    got = inspect_sif(str(sif), "singularity")
+    assert got["recipe_verified"] is None and "no org.kit.recipe.sha256 label" in got["recipe_why"]

@@ -136,22 +136,29 @@ def test_deepspeed_torch_info_names_the_targets_torch():
         stage.deepspeed_torch_info("2.10.0")(b"version='x'\n")
 
 
+@pytest.mark.parametrize("dsf", [False, True], ids=["kit", "dsf"])
 @pytest.mark.parametrize("target", ["a64fx", "x86_64"])
-def test_every_dependency_of_the_image_is_pinned(target):
+def test_every_dependency_of_the_image_is_pinned(target, dsf):
     """The staged image build needs a pin for every package it installs. Walked here through
     the host venv's installed metadata (the same versions, so the same requirements) with the
     target's markers: a new dependency without a pin fails in seconds, not after the image's
-    base was built (as `cryptography` did on a cold run)."""
+    base was built (as `cryptography` did on a cold run). With ``dsf``: the packages
+    ``kit image build --dsf`` adds (pyproject's dsf extra), pinned by versions.yaml's dsf block."""
     import importlib.metadata as md
 
     from packaging.requirements import Requirement
 
+    from kit.image import dsf as dsf_layer
     from kit.image.recipe import load_versions
 
     versions = load_versions()
     pins = stage.pins_from(versions, target)
     env = stage.marker_env(versions["python"], versions["targets"][target]["machine"])
-    queue = [Requirement(r) for r in stage.staged_roots(repo_root(), target, versions)]
+    roots = stage.staged_roots(repo_root(), target, versions)
+    if dsf:
+        pins.update(stage.pins_from({**versions, "constraints": versions["dsf"]["constraints"]}, target))
+        roots = dsf_layer.packages(repo_root())
+    queue = [Requirement(r) for r in roots]
     seen: set[tuple[str, str]] = set()
     unpinned: set[str] = set()
     while queue:

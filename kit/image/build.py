@@ -7,8 +7,9 @@
   ``localhost/kit:<target>-<tcmalloc|glibc>``.
 
 The build context is a directory holding ``kit.def``, ``Dockerfile``, ``constraints.txt``,
-``wheelhouse/`` (the pinned torch wheel when one was found) and ``kit-src/`` (the kit's own
-source, plus ``KIT_SOURCE.json`` with its sha256). The source sha256 and the kit's version
+``wheelhouse/`` (the pinned torch wheel when one was found), ``kit-src/`` (the kit's own
+source, plus ``KIT_SOURCE.json`` with its sha256) and, with ``--dsf DIR``, ``dsf/`` (the
+tree of DIR's HEAD and the set-up scripts, ``kit.image.dsf``). The source sha256 and the kit's version
 become labels too (``--label`` for podman/docker; in ``/opt/kit/src/KIT_SOURCE.json`` in
 every image).
 """
@@ -166,6 +167,11 @@ def prepare(options: RecipeOptions, *, engine: str, context: Path, ref: str | No
                              log=log)
         print(f"staged {len(staged['wheels'])} packages for {options.target} on the host in "
               f"{time.monotonic() - t0:.1f} s ({staged['tree']})", file=log or sys.stderr, flush=True)
+    if options.dsf:
+        from kit.image import dsf
+        from kit.image.recipe import load_versions
+
+        dsf.stage(options.dsf, root, context, load_versions())
     files = kit_source_files(root)
     src_sha = source_sha256(root, files)
     for f in files:

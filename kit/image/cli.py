@@ -25,19 +25,26 @@ BaseOpt = typer.Option(None, "--base", help="base image (default: from container
 TorchOpt = typer.Option("pypi", "--torch", help="where torch comes from: pypi (the pinned wheel, default) or "
                         "source (a64fx: built in the image against OpenBLAS for A64FX and oneDNN+ACL with "
                         "-mcpu=a64fx; hours on an aarch64 machine, see containers/README.md)")
+DsfOpt = typer.Option(None, "--dsf", help="a DeepSpeedFugaku git checkout (scripts/dsf-setup.sh step 1): "
+                      "the tree of its HEAD commit goes into the image at /opt/dsf/DeepSpeedFugaku, set up as "
+                      "dsf-setup.sh does (patch, helpers, tiny data in /opt/dsf/data); commit in the labels")
 TorchWheelOpt = typer.Option(None, "--torch-wheel", help="install this torch wheel (e.g. RIKEN's A64FX build, or "
                              "one a --torch source image left in /opt/kit/dist) instead; checked by sha256")
 
 
 def _options(target: str, tcmalloc: bool, base: str | None, staged: bool, torch: str,
-             torch_wheel: Path | None) -> RecipeOptions:
+             torch_wheel: Path | None, dsf: Path | None = None) -> RecipeOptions:
+    from kit.image import dsf as dsf_layer
+    from kit.image.recipe import repo_root
+
+    source = dsf_layer.checkout(dsf, repo_root()) if dsf is not None else None
     if torch_wheel is not None:
         if torch not in ("pypi", "wheel"):
             raise KitError(f"--torch {torch} and --torch-wheel both say where torch comes from", where="--torch-wheel",
                            fix="pass one of them")
-        return RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged,
+        return RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged, dsf=source,
                              **torch_wheel_options(torch_wheel))
-    return RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged, torch=torch)
+    return RecipeOptions(target=target, tcmalloc=tcmalloc, base=base, staged=staged, torch=torch, dsf=source)
 
 
 @app.command()
@@ -48,6 +55,7 @@ def recipe(
     staged: bool = StagedOpt,
     torch: str = TorchOpt,
     torch_wheel: Optional[Path] = TorchWheelOpt,
+    dsf: Optional[Path] = DsfOpt,
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="write the definition file here (and the "
                                        "Dockerfile beside it as <name>.Dockerfile); default: print it"),
     write: bool = typer.Option(False, "--write", help="write containers/<target>.def and .Dockerfile (the committed ones)"),
@@ -56,12 +64,12 @@ def recipe(
     """Render the Singularity definition file for a target (and its Dockerfile)."""
     from kit.image.convert import to_dockerfile
 
-    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel)
+    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel, dsf)
     r = render(opts)
     if write:
-        if opts.torch != "pypi":
+        if opts.torch != "pypi" or opts.dsf:
             raise KitError("--write regenerates the committed default recipes only", where="--write",
-                           fix="use -o FILE for a --torch source/--torch-wheel recipe")
+                           fix="use -o FILE for a --torch source/--torch-wheel/--dsf recipe")
         out = committed_path(target)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,11 +91,13 @@ def build(
     staged: bool = StagedOpt,
     torch: str = TorchOpt,
     torch_wheel: Optional[Path] = TorchWheelOpt,
+    dsf: Optional[Path] = DsfOpt,
     wheel_cache: Optional[Path] = typer.Option(None, "--wheel-cache", help="with --staged: where the target's "
                                                "wheels and the unpacked tree are kept (default: $KIT_WHEEL_CACHE "
                                                "or ~/.cache/kit/wheels)"),
-    tag: Optional[str] = typer.Option(None, "--tag", help="image name (podman/docker; default localhost/kit:<target>-"
-                                      "<tcmalloc|glibc>) or SIF path (singularity; default ./kit-<variant>.sif)"),
+    tag: Optional[str] = typer.Option(None, "--tag", help="image name (podman/docker; default localhost/kit:<variant>, e.g. "
+                                      "x86_64-tcmalloc, x86_64-tcmalloc-dsf) or SIF path (singularity; default "
+                                      "./kit-<variant>.sif)"),
     wheelhouse: list[Path] = typer.Option([], "--wheelhouse", help="directory holding the pinned torch wheel "
                                           "(x86_64 needs the CPU wheel; default: $KIT_WHEELHOUSE, ~/.cache/kit/wheelhouse, /opt/wheels)"),
     context: Optional[Path] = typer.Option(None, "--context", help="build context directory (default: "
@@ -105,8 +115,8 @@ def build(
     from kit import site as site_mod
     from kit.image import build as b
 
+    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel, dsf)  # bad input first, then the engine
     eng = b.detect_engine(engine)
-    opts = _options(target, tcmalloc, base, staged, torch, torch_wheel)
     ctx = context or kit.cache_dir() / "image-build" / opts.variant()
     cache = pip_cache or Path(os.environ.get("KIT_PIP_CACHE") or kit.cache_dir() / "pip")
     plan = b.prepare(opts, engine=eng, context=ctx, ref=tag, wheelhouse=list(wheelhouse) or None,

@@ -1,7 +1,11 @@
 """What an image is: digest, labels, architecture (``kit image inspect REF``).
 
 - A SIF file (``*.sif`` or any existing file): ``digest`` is the sha256 of the file;
-  labels come from ``singularity|apptainer inspect --json --labels`` where one is installed.
+  labels come from ``singularity|apptainer inspect --json --labels`` where one is installed,
+  and ``recipe_verified`` says whether the definition file the SIF was built from
+  (``inspect --deffile``) hashes to its ``org.kit.recipe.sha256`` label
+  (``kit.image.labels.verify_hash``): false for a def edited after ``kit image recipe``
+  rendered it, null with ``recipe_why`` where it cannot be told.
 - An OCI image in podman's or docker's local store: ``digest`` is the image id (the sha256
   of its config, what ``podman images --no-trunc`` shows); ``manifest_digest`` and
   ``repo_digests`` as the engine reports them.
@@ -18,6 +22,7 @@ from typing import Any
 from kit.digest import sha256_file
 from kit.engines import OCI_ENGINES, SIF_ENGINES, first_on_path
 from kit.errors import KitError
+from kit.image.labels import RECIPE_HASH_LABEL, verify_hash
 
 
 
@@ -51,7 +56,21 @@ def inspect_sif(path: str, engine: str | None = None) -> dict[str, Any]:
         out["labels_error"] = "no singularity/apptainer binary to read the labels"
     if "org.kit.arch" in out["labels"]:
         out["arch"] = out["labels"]["org.kit.arch"]
+    out.update(_recipe_check(p, engine, out["labels"]))
     return out
+
+
+def _recipe_check(path: Path, engine: str | None, labels: dict[str, Any]) -> dict[str, Any]:
+    """Whether the SIF's own definition file matches its recipe hash label."""
+    if RECIPE_HASH_LABEL not in labels:
+        return {"recipe_verified": None, "recipe_why": f"no {RECIPE_HASH_LABEL} label (not built from a kit recipe)"}
+    if not engine or not shutil.which(engine):
+        return {"recipe_verified": None, "recipe_why": "no singularity/apptainer binary to read the definition file"}
+    proc = subprocess.run([engine, "inspect", "--deffile", str(path)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return {"recipe_verified": None, "recipe_why": f"inspect --deffile failed: {proc.stderr.strip()[-200:]}"}
+    # the text as the engine prints it, or with the one final newline the def was written with
+    return {"recipe_verified": verify_hash(proc.stdout) or verify_hash(proc.stdout.rstrip("\n") + "\n")}
 
 
 def inspect_oci(ref: str, engine: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,9 @@ Where torch comes from (``RecipeOptions.torch``):
   ``/opt/kit/dist`` (take it out and reuse it with ``--torch-wheel``);
 - ``wheel``: a wheel the user brings (``--torch-wheel PATH``, e.g. RIKEN's or one built by
   ``source``), put in the wheelhouse and installed after checking its sha256.
+
+``RecipeOptions.dsf`` (``--dsf DIR``) adds DeepSpeedFugaku, set up as on a host, after
+DeepSpeed and before the kit (``kit.image.dsf``); the default recipes are unchanged by it.
 """
 
 from __future__ import annotations
@@ -39,10 +42,10 @@ import yaml
 
 from kit.digest import sha256_file
 from kit.errors import KitError
+from kit.image import dsf as dsf_layer
+from kit.image.labels import HASH_PLACEHOLDER, RECIPE_HASH_LABEL
 
 TARGETS = ("x86_64", "a64fx")
-RECIPE_HASH_LABEL = "org.kit.recipe.sha256"
-_HASH_PLACEHOLDER = "-" * 64
 
 VENV = "/opt/kit/venv"
 PIP_CACHE = "/var/cache/kit-pip"
@@ -89,6 +92,8 @@ class RecipeOptions:
     # torch == "wheel": the wheel's file name and sha256 (see ``torch_wheel_options``)
     torch_wheel: str | None = None
     torch_wheel_sha256: str | None = None
+    # --dsf DIR: the DeepSpeedFugaku checkout staged into the image (``kit.image.dsf.checkout``)
+    dsf: dsf_layer.DsfSource | None = None
 
     def tag(self) -> str:
         """The default local image name, e.g. ``localhost/kit:a64fx-tcmalloc``."""
@@ -97,7 +102,7 @@ class RecipeOptions:
     def variant(self) -> str:
         """``<target>-<tcmalloc|glibc>``, with ``-torch-source``/``-torch-wheel`` when torch is not pip's."""
         torch = "" if self.torch == "pypi" else f"-torch-{self.torch}"
-        return f"{self.target}-{'tcmalloc' if self.tcmalloc else 'glibc'}{torch}"
+        return f"{self.target}-{'tcmalloc' if self.tcmalloc else 'glibc'}{torch}{'-dsf' if self.dsf else ''}"
 
     def command(self) -> str:
         """The ``kit image recipe`` options that render this recipe (quoted in its header)."""
@@ -108,6 +113,8 @@ class RecipeOptions:
             parts.append("--torch source")
         elif self.torch == "wheel":
             parts.append(f"--torch-wheel {self.torch_wheel}")
+        if self.dsf:
+            parts.append("--dsf DIR")  # the checkout's path is no input: its commit is a label
         return " ".join(parts)
 
 
@@ -176,6 +183,9 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
                        fix=f"use one of: {', '.join(versions['targets'])}")
     t = versions["targets"][options.target]
     _check_torch_options(options, t)
+    if options.dsf and "dsf" not in versions:
+        raise KitError("no dsf: block (its packages' pins)", where="containers/versions.yaml",
+                       fix="restore the dsf: block of containers/versions.yaml")
     base = options.base or t["base"]
     if base != base.lower():
         # spython lowercases the From: line; an upper-case name would build something else
@@ -222,7 +232,12 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
     elif options.torch == "wheel":
         labels.update({"org.kit.torch.build": "wheel", "org.kit.torch.wheel": str(options.torch_wheel),
                        "org.kit.torch.wheel.sha256": str(options.torch_wheel_sha256)})
-    labels[RECIPE_HASH_LABEL] = _HASH_PLACEHOLDER
+    root = repo_root()
+    if options.dsf:
+        labels.update(dsf_layer.labels(options.dsf, root))
+        labels["org.kit.dsf.constraints.sha256"] = hashlib.sha256(
+            dsf_layer.constraints_text(versions).encode()).hexdigest()
+    labels[RECIPE_HASH_LABEL] = HASH_PLACEHOLDER
 
     env = {
         "PATH": f"{VENV}/bin:$PATH",
@@ -265,6 +280,8 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
     if options.torch != "pypi":
         # what the brought or built torch is: its build settings and BLAS in the build log
         check += "; print(torch.__config__.show())"
+    if options.dsf:
+        packages += dsf_layer.post_lines(versions, root, pip=pip, python=f"{VENV}/bin/python3")
     post = [
         "export DEBIAN_FRONTEND=noninteractive && apt-get update && apt-get install -y "
         f"--no-install-recommends {' '.join(apt)} && apt-get clean && rm -rf /var/lib/apt/lists/*",
@@ -299,6 +316,7 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
         "    constraints.txt /opt/kit/constraints.txt",
         f"    wheelhouse {WHEELHOUSE}",
         f"    kit-src {SRC}",
+        *([f"    dsf/DeepSpeedFugaku {dsf_layer.PROGRAM}", f"    dsf/setup {dsf_layer.SETUP}"] if options.dsf else []),
         "",
         "%environment",
         *(f"    export {k}={v}" for k, v in env.items()),
@@ -309,7 +327,7 @@ def render(options: RecipeOptions, versions: dict[str, Any] | None = None) -> Re
     ]
     text = "\n".join(lines)
     digest = hashlib.sha256(text.encode()).hexdigest()
-    text = text.replace(_HASH_PLACEHOLDER, digest)
+    text = text.replace(HASH_PLACEHOLDER, digest)
     labels[RECIPE_HASH_LABEL] = digest
     return Recipe(options=options, text=text, sha256=digest, labels=labels, constraints=constraints, target=t)
 
@@ -348,15 +366,6 @@ def _source_build(src: dict[str, Any], pip: str) -> list[str]:
         f"{VENV}/bin/python setup.py bdist_wheel --dist-dir {DIST} && cd / && rm -rf {pt}"
     )
     return [f"{pip} {' '.join(src['build_requires'])}", openblas, acl, torch]
-
-
-def verify_hash(text: str) -> bool:
-    """Whether a definition file's ``org.kit.recipe.sha256`` label matches its text."""
-    m = re.search(rf"^\s*{re.escape(RECIPE_HASH_LABEL)} ([0-9a-f]{{64}})\s*$", text, re.M)
-    if not m:
-        return False
-    blank = text.replace(m.group(1), _HASH_PLACEHOLDER, 1)
-    return hashlib.sha256(blank.encode()).hexdigest() == m.group(1)
 
 
 def committed_path(target: str) -> Path:

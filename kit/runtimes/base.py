@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.hostinfo import cpu_model
+from kit.image.labels import PROVIDES_LABEL
 from kit.registry import Registry
 
 _REGISTRY: Registry["Runtime"] = Registry("runtime", "--runtime",
@@ -68,6 +69,18 @@ class Runtime(abc.ABC):
         return software_info(self.wrap([self.python], {}, cwd=Path.cwd(), binds=[]), cache_key=self.software_key(),
                              timeout=INVENTORY_TIMEOUT_S * (EMULATED_FACTOR if self.emulated() else 1))
 
+    def describe_program(self, rank_argv: list[str], *, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
+        """Provenance of the training program (``kit.provenance.program``), taken where its
+        files are: on the host, or, for a workdir the image provides (``provides``), by the
+        image's own kit inside it."""
+        from kit import provenance
+
+        if not self.provides(workdir):
+            return provenance.program(rank_argv, workdir=workdir, env=env)
+        return provenance.program_inside(self.wrap([self.python], {}, cwd=workdir, binds=[]), rank_argv,
+                                         workdir=workdir, env=env,
+                                         timeout=INVENTORY_TIMEOUT_S * (EMULATED_FACTOR if self.emulated() else 1))
+
     def emulated(self) -> bool:
         """The image is for another architecture than this host's (run under qemu)."""
         arch = self.image_info().get("arch")
@@ -76,6 +89,29 @@ class Runtime(abc.ABC):
     def image_info(self) -> dict[str, Any]:
         """The image's digest, labels and architecture; {} where there is no image."""
         return {}
+
+    def provides(self, path: str | Path) -> bool:
+        """Whether ``path`` lies in a directory the image brings (its label ``org.kit.provides``,
+        e.g. ``/opt/dsf`` of a ``kit image build --dsf`` image). Such a path is the image's: a
+        host directory of that path is never bound over it, and a recipe's workdir there need
+        not exist on the host."""
+        dirs = str((self.image_info().get("labels") or {}).get(PROVIDES_LABEL, "")).split()
+        p = str(path)
+        return any(p == d.rstrip("/") or p.startswith(d.rstrip("/") + "/") for d in dirs if d.startswith("/"))
+
+    def container_paths(self, cwd: Path, binds: list[Path]) -> tuple[str, list[str]]:
+        """The working directory inside and the host directories to bind at the same path:
+        each resolved on the host, except a path the image provides (``provides``), which is
+        the image's own and is not bound."""
+        inside = str(cwd) if self.provides(cwd) else str(Path(cwd).resolve())
+        out: list[str] = []
+        for b in [*binds, cwd]:
+            if self.provides(b):
+                continue
+            p = str(Path(b).resolve())
+            if p not in out and p != "/":
+                out.append(p)
+        return inside, out
 
     def software_key(self) -> str | None:
         """A digest of everything ``inspect_software`` depends on, to reuse its answer: an

@@ -152,13 +152,10 @@ class OciRuntime(Runtime):
         arch = info.get("arch")
         if arch:
             out += ["--arch", arch] if self.engine == "podman" else ["--platform", f"linux/{arch}"]
-        seen: set[str] = set()
-        for b in [*binds, cwd]:
-            p = str(Path(b).resolve())
-            if p not in seen and p != "/":
-                seen.add(p)
-                out += ["-v", f"{p}:{p}"]
-        out += ["--workdir", str(Path(cwd).resolve())]
+        inside, bound = self.container_paths(cwd, binds)
+        for p in bound:
+            out += ["-v", f"{p}:{p}"]
+        out += ["--workdir", inside]
         # launcher variables set outside the container (per rank: srun, mpiexec, PJM)
         out += [f"--env={p}" for p in (PASS_GLOBS if self.engine == "podman" else DOCKER_NAMES)]
         for k, v in env.items():

@@ -81,12 +81,10 @@ class SingularityRuntime(Runtime):
 
     def wrap(self, argv: list[str], env: dict[str, str], *, cwd: Path, binds: list[Path]) -> list[str]:
         path = self.engine_path()
-        opts = ["--cleanenv", "--pwd", str(Path(cwd).resolve())]
-        seen: set[str] = set()
-        for b in [*(str(Path(x).resolve()) for x in [*binds, cwd]), *self.host_binds()]:
-            if b not in seen and b != "/":
-                seen.add(b)
-                opts += ["--bind", f"{b}:{b}"]
+        inside, bound = self.container_paths(cwd, binds)
+        opts = ["--cleanenv", "--pwd", inside]
+        for b in [*bound, *(p for p in self.host_binds() if p not in bound)]:
+            opts += ["--bind", f"{b}:{b}"]
         for k, v in env.items():
             if k == "LD_PRELOAD":
                 v = rewrite_preload(v, self.find_tcmalloc())

@@ -1,0 +1,26 @@
+"""The image labels the kit reads back, and the check of the recipe's self-hash.
+
+- ``org.kit.recipe.sha256``: the sha256 of the definition file itself, computed over its
+  text with this label's value blanked (``HASH_PLACEHOLDER``); ``verify_hash`` checks a
+  definition file against it (``kit image inspect`` of a SIF, whose def it carries).
+- ``org.kit.provides``: directories an image brings, space-separated (``kit image build
+  --dsf`` sets ``/opt/dsf``); the container runtimes never bind a host directory over them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+RECIPE_HASH_LABEL = "org.kit.recipe.sha256"
+HASH_PLACEHOLDER = "-" * 64
+PROVIDES_LABEL = "org.kit.provides"
+
+
+def verify_hash(text: str) -> bool:
+    """Whether a definition file's ``org.kit.recipe.sha256`` label matches its text."""
+    m = re.search(rf"^\s*{re.escape(RECIPE_HASH_LABEL)} ([0-9a-f]{{64}})\s*$", text, re.M)
+    if not m:
+        return False
+    blank = text.replace(m.group(1), HASH_PLACEHOLDER, 1)
+    return hashlib.sha256(blank.encode()).hexdigest() == m.group(1)
