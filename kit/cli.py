@@ -136,6 +136,8 @@ def run(
         _print_dry_run(plan, as_json)
         return
     con = err if as_json else console
+    if spread is not None and repeat < 2:
+        raise KitError("--spread spaces repeats", where="kit run --spread", fix="add --repeat N (2 or more)")
     spread_s = repeat_mod.parse_duration(spread, "kit run --spread") if spread else 0.0
     if repeat > 1:
         g = repeat_mod.run_group(plan, repeat, out, con, spread_s=spread_s)
@@ -181,32 +183,40 @@ def noise_cmd(
     recipe: Annotated[str, typer.Argument(help="recipe name or path")] = recipe_mod.DEFAULT_RECIPE,
     preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="preset(s), composed left to right")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe value: key=value")] = None,
-    repeat: Annotated[int, typer.Option(min=2, help="identical runs to measure")] = 5,
+    repeat: Annotated[Optional[int], typer.Option(min=2, help="identical runs to measure [default: 5]")] = None,
     spread: Annotated[Optional[str], typer.Option(help="space the runs' starts evenly over this time (e.g. 30m, 2h), "
                                                        "so that they see the host at different times")] = None,
-    from_: Annotated[Optional[list[str]], typer.Option("--from", help="add finished runs of this recipe made on this "
-                                                       "host (a bundle or a group's directory; repeatable) "
-                                                       "instead of running any")] = None,
+    from_: Annotated[Optional[list[str]], typer.Option("--from", help="add finished runs of this recipe (a bundle or a "
+                                                       "group's directory; repeatable) to the record of the host "
+                                                       "they ran on, instead of running any")] = None,
     reset: Annotated[bool, typer.Option("--reset", help="forget the runs stored before (the host changed)")] = False,
     out: Annotated[Path, typer.Option(help="results directory (the runs are OUT/<group>/)")] = Path("results"),
     show: Annotated[bool, typer.Option("--show", help="print the stored floor for this host and recipe; run nothing")] = False,
+    host: Annotated[Optional[str], typer.Option(help="with --show: another host's record (e.g. a compute node's, "
+                                                     "from a login node)")] = None,
     as_json: JsonOpt = False,
 ):
     """This host's noise floor for a recipe: identical runs, by how much they differ (stored, adding to earlier
     measurements; compare and reproduce use it)."""
-    from kit import hostinfo, noise, repeat as repeat_mod
+    from kit import noise, repeat as repeat_mod
 
+    modes = [m for m, on in (("--from", bool(from_)), ("--show", show)) if on]
+    clash = [o for o, on in (("--repeat", repeat is not None), ("--spread", spread is not None)) if on]
+    if len(modes) > 1 or (modes and clash):
+        raise KitError(f"{' and '.join(modes + clash)} cannot be used together", where="kit noise",
+                       fix="--from adds runs already made, --show prints what is stored; --repeat/--spread run new ones")
+    if host is not None and not show:
+        raise KitError("--host only selects the record --show prints", where="kit noise --host", fix="add --show")
     plan = plan_mod.resolve(recipe_name=recipe, overrides=set_ or [], preset_names=preset or None)
-    host = str(hostinfo.describe().get("hostname"))
     if from_:
-        path = repeat_mod.noise_from(plan, [Path(p) for p in from_], host, err if as_json else console, reset=reset)
+        path = repeat_mod.noise_from(plan, [Path(p) for p in from_], err if as_json else console, reset=reset)
         if as_json:
             _print_json({"stored": str(path), "record": json.loads(path.read_text())}, one_line=True)
         return
     if show:
-        rec = noise.load(host, plan.recipe_name, plan.summary()["recipe_sha256"])
+        rec = noise.load(host or noise.this_host(), plan.recipe_name, plan.summary()["recipe_sha256"])
         if rec is None:
-            raise KitError(f"no noise floor stored for {plan.recipe_name} on this host", where="kit noise --show",
+            raise KitError(f"no noise floor stored for {plan.recipe_name} on {host or 'this host'}", where="kit noise --show",
                            fix=f"measure one: kit noise {recipe}" + "".join(f" --set {s}" for s in set_ or []))
         if as_json:
             _print_json(rec)
@@ -214,7 +224,8 @@ def noise_cmd(
             console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
         return
     spread_s = repeat_mod.parse_duration(spread, "kit noise --spread") if spread else 0.0
-    group, path = repeat_mod.measure_noise(plan, repeat, out, err if as_json else console, spread_s=spread_s, reset=reset)
+    group, path = repeat_mod.measure_noise(plan, repeat or 5, out, err if as_json else console, spread_s=spread_s,
+                                           reset=reset)
     if path is None:
         err.print("kit: noise floor not stored: no run finished", highlight=False, markup=False)
     if as_json:
@@ -348,7 +359,8 @@ def recipes_list(as_json: JsonOpt = False):
     rows = []
     for name, path in catalog.entries("recipe").items():
         try:
-            r, _ = recipe_mod.load(name)
+            r, rpath = recipe_mod.load(name)
+            plan_mod.check_recipe_env(r, rpath)
         except KitError as e:
             rows.append({"name": name, "source": catalog.source("recipe", path), "recipe": None, "error": str(e)})
             continue

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import kit
-from kit import bundle as bundle_mod, metricdefs
+from kit import bundle as bundle_mod, hostinfo, locks, metricdefs
+from kit.textsafe import terminal
 from kit.verdict import noise_floor, spread
 
 METRICS = tuple(m.name for how in ("timing", "memory") for m in metricdefs.judged(how))
@@ -42,6 +43,11 @@ MAX_RUNS = 100
 MAX_AGE_DAYS = 30
 SHORT_SPAN_S = 30 * 60
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def this_host() -> str:
+    """The key of this host's records: its hostname as provenance records it."""
+    return str(hostinfo.describe().get("hostname") or "unknown")
 
 
 def path_for(host: str, recipe: str, recipe_sha256: str) -> Path:
@@ -82,7 +88,8 @@ def make_record(*, host: str, recipe: str, recipe_sha256: str, sessions: list[di
                 float(r[m]) for r in s["runs"] if _positive(r.get(m)))
         values = [v for vs in by_preset.values() for v in vs]
         f = noise_floor(list(by_preset.values()))
-        sp = spread(values)
+        spreads = [x for x in (spread(vs) for vs in by_preset.values()) if x is not None]
+        sp = max(spreads) if spreads else None  # identical runs only: one preset's runs at a time
         metrics[m] = {"values": values, "runs": len(values), "df": f.df if f else None,
                       "spread": sp, "floor": f.value if f else None, "factor": math.exp(f.value) if f else None}
     return {"host": host, "recipe": recipe, "recipe_sha256": recipe_sha256, "updated": bundle_mod.now_iso(),
@@ -91,14 +98,29 @@ def make_record(*, host: str, recipe: str, recipe_sha256: str, sessions: list[di
 
 
 def add_session(*, host: str, recipe: str, recipe_sha256: str, new: dict[str, Any], reset: bool = False) -> dict[str, Any]:
-    """The stored record with ``new`` added (runs already stored are not counted twice)."""
+    """The stored record with ``new`` added; a run (by bundle id) counts once, whether it is
+    stored already or named twice in ``new`` (twice would narrow the floor)."""
     old = None if reset else load(host, recipe, recipe_sha256)
     sessions = list(old["sessions"]) if old else []
     seen = {r.get("bundle") for s in sessions for r in s["runs"]}
-    new = {**new, "runs": [r for r in new["runs"] if r.get("bundle") not in seen]}
-    if new["runs"]:
-        sessions.append(new)
+    runs = []
+    for r in new["runs"]:
+        if r.get("bundle") not in seen:
+            seen.add(r.get("bundle"))
+            runs.append(r)
+    if runs:
+        sessions.append({**new, "runs": runs})
     return make_record(host=host, recipe=recipe, recipe_sha256=recipe_sha256, sessions=sessions)
+
+
+def update(*, host: str, recipe: str, recipe_sha256: str, new: dict[str, Any],
+           reset: bool = False) -> tuple[dict[str, Any], Path]:
+    """:func:`add_session` and :func:`save` under one lock (a ``--from`` during a long ``--spread``
+    loses neither session)."""
+    p = path_for(host, recipe, recipe_sha256)
+    with locks.exclusive(p.with_name(p.name + ".lock")):
+        rec = add_session(host=host, recipe=recipe, recipe_sha256=recipe_sha256, new=new, reset=reset)
+        return rec, save(rec)
 
 
 def save(record: dict[str, Any]) -> Path:
@@ -107,14 +129,39 @@ def save(record: dict[str, Any]) -> Path:
     return p
 
 
+def _number_or_none(v: Any) -> bool:
+    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+
+def _well_formed(doc: Any) -> bool:
+    """The shape :func:`make_record` writes (anything else: not ours, or damaged)."""
+    if not (isinstance(doc, dict) and isinstance(doc.get("sessions"), list) and isinstance(doc.get("metrics"), dict)
+            and all(isinstance(doc.get(k), str) for k in ("host", "recipe", "recipe_sha256", "updated"))
+            and isinstance(doc.get("runs"), int) and _number_or_none(doc.get("span_s"))
+            and isinstance(doc.get("presets"), list) and all(isinstance(x, str) for x in doc["presets"])):
+        return False
+    for s in doc["sessions"]:
+        if not (isinstance(s, dict) and isinstance(s.get("runs"), list) and isinstance(s.get("presets"), list)
+                and all(isinstance(x, str) for x in s["presets"]) and isinstance(s.get("group"), str)
+                and all(isinstance(r, dict) and all(_number_or_none(r.get(m)) for m in METRICS) for r in s["runs"])):
+            return False
+    for m in METRICS:
+        d = doc["metrics"].get(m)
+        if not (isinstance(d, dict) and isinstance(d.get("values"), list) and all(_positive(v) for v in d["values"])
+                and isinstance(d.get("runs"), int)
+                and all(_number_or_none(d.get(k)) for k in ("df", "spread", "floor", "factor"))):
+            return False
+    return True
+
+
 def load(host: str, recipe: str, recipe_sha256: str) -> dict[str, Any] | None:
-    """The stored record, or None (none measured, an older layout, or unreadable: a cache, not an input)."""
+    """The stored record, or None (none measured, an older layout, damaged or unreadable: a
+    cache, not an input)."""
     try:
         doc = json.loads(path_for(host, recipe, recipe_sha256).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
-    ok = isinstance(doc, dict) and isinstance(doc.get("metrics"), dict) and isinstance(doc.get("sessions"), list)
-    return doc if ok else None
+    return doc if _well_formed(doc) else None
 
 
 def floor_of(record: dict[str, Any] | None, metric: str) -> float | None:
@@ -135,8 +182,8 @@ def describe(record: dict[str, Any]) -> str:
     for m in METRICS:
         d = record["metrics"].get(m) or {}
         if d.get("factor"):
-            parts.append(f"{m} x{d['factor']:.3f} (ln {d['floor']:.3f}; {d['runs']} runs spread "
-                         f"x{math.exp(d['spread']):.3f}: " + ", ".join(f"{v:.4g}" for v in d["values"]) + ")")
+            parts.append(f"{m} x{d['factor']:.3f} (ln {d['floor']:.3f}; {d['runs']} runs, spread within a preset "
+                         f"up to x{math.exp(d['spread']):.3f}: " + ", ".join(f"{v:.4g}" for v in d["values"]) + ")")
         else:
             parts.append(f"{m} not measured (fewer than 2 runs of one preset)")
     span = record.get("span_s")
@@ -147,4 +194,4 @@ def describe(record: dict[str, Any]) -> str:
     if not span or span < SHORT_SPAN_S:
         text += (f". The runs span under {SHORT_SPAN_S // 60} min: they miss the host's slower changes; "
                  "add runs at another time (kit noise again, or --spread)")
-    return text
+    return terminal(text)  # preset names and hosts may come from a stranger's bundles (--from)

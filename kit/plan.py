@@ -138,6 +138,14 @@ def _layout(recipe: Recipe, preset: Preset, nodes: int, where: str) -> tuple[int
     return dp, world, rpn
 
 
+def check_recipe_env(recipe: recipe_mod.Recipe, path: Path | str) -> None:
+    """A recipe's ``env`` may not set what the kit sets itself (:func:`kit.settings.reserved_env`)."""
+    for name in recipe.env:
+        if settings_mod.reserved_env(name):
+            raise KitError(f"{name} is a machine setting the kit sets itself", where=f"{path}: env.{name}",
+                           fix="set it in a preset (threads_per_rank, allocator) instead, or leave it to the launcher")
+
+
 def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str] | None = None,
             preset_names: list[str] | None = None, launcher: str = "local", runtime: str | None = None,
             image: str | None = None, nodes: int = 1, job: JobOptions | None = None, force: bool = False,
@@ -149,10 +157,7 @@ def resolve(*, recipe_name: str = recipe_mod.DEFAULT_RECIPE, overrides: list[str
     recipe, recipe_path = recipe_mod.load(recipe_name, overrides)
     preset, preset_paths = preset_mod.load(preset_names)
     where = f"{recipe_path} + preset {preset.name}"
-    for name in recipe.env:
-        if name in settings_mod.reserved_env() or name.startswith("KIT_"):
-            raise KitError(f"{name} is a machine setting the kit sets itself", where=f"{recipe_path}: env.{name}",
-                           fix="set it in a preset (threads_per_rank, allocator) instead, or leave it to the launcher")
+    check_recipe_env(recipe, recipe_path)
     dp, world, rpn = _layout(recipe, preset, nodes, where)
 
     if runtime is None:

@@ -25,8 +25,10 @@ from kit import bundle as bundle_mod, noise, runner
 from kit.errors import EXIT_INTERRUPTED, KitError
 from kit.outcome import Outcome
 from kit.plan import Plan
+from kit.results import VerificationFailed
 from kit.results.judge import load_side
 from kit.results.store import dotted
+from kit.textsafe import terminal
 
 
 def new_group_id(plan: Plan) -> str:
@@ -54,11 +56,16 @@ _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_duration(text: str, where: str) -> float:
-    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``; at most the noise record's
+    ``MAX_AGE_DAYS`` (runs spread longer would age out of the record as they are made)."""
     m = _DURATION.match(text or "")
     if not m:
         raise KitError(f"{text!r} is not a duration", where=where, fix="give seconds or a number with s, m, h or d, e.g. 30m")
-    return float(m.group(1)) * _UNIT_S[m.group(2)]
+    seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds > noise.MAX_AGE_DAYS * 86400:
+        raise KitError(f"{text} is longer than {noise.MAX_AGE_DAYS} days", where=where,
+                       fix=f"spread the runs over {noise.MAX_AGE_DAYS}d or less")
+    return seconds
 
 
 def run_group(plan: Plan, n: int, out: Path, console: Console, *, group: str | None = None,
@@ -92,10 +99,9 @@ def run_group(plan: Plan, n: int, out: Path, console: Console, *, group: str | N
 
 def _store(host: str, plan_recipe: str, recipe_sha256: str, new: dict[str, Any], reset: bool,
            console: Console) -> Path:
-    rec = noise.add_session(host=host, recipe=plan_recipe, recipe_sha256=recipe_sha256, new=new, reset=reset)
-    path = noise.save(rec)
+    rec, path = noise.update(host=host, recipe=plan_recipe, recipe_sha256=recipe_sha256, new=new, reset=reset)
     console.print(noise.describe(rec), highlight=False, markup=False, soft_wrap=True)
-    console.print(f"stored: {path}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"stored: {terminal(str(path))}", highlight=False, markup=False, soft_wrap=True)
     return path
 
 
@@ -114,32 +120,51 @@ def measure_noise(plan: Plan, n: int, out: Path, console: Console, *, spread_s: 
     if not runs:
         return g, None
     new = noise.session(presets=plan.preset_names, group=g.group, runs=runs)
-    return g, _store(host or "unknown", plan.recipe_name, plan.summary()["recipe_sha256"], new, reset, console)
+    return g, _store(str(host or "unknown"), plan.recipe_name, plan.summary()["recipe_sha256"], new, reset, console)
 
 
-def noise_from(plan: Plan, paths: list[Path], host: str, console: Console, *, reset: bool = False) -> Path:
+_NAME = re.compile(r"^[A-Za-z0-9._+-]{1,200}$")
+
+
+def noise_from(plan: Plan, paths: list[Path], console: Console, *, reset: bool = False) -> Path:
     """``kit noise --from``: finished runs already made (each path a bundle or a group's
-    directory, read and verified by :func:`kit.results.judge.load_side`) added as one session.
-    They must be this recipe as resolved, on this host, and one preset: anything else is refused."""
+    directory, read and verified by :func:`kit.results.judge.load_side`) added as one session
+    to the record of the host they ran on (a compute node's, when they ran in batch jobs).
+    They must be this recipe as resolved, of one host and one preset; a run named twice counts
+    once; anything else is refused in one line."""
     sha = plan.summary()["recipe_sha256"]
-    runs, presets, groups = [], set(), set()
+    where_all = " ".join(map(str, paths))
+    runs, presets, groups, hosts, seen = [], set(), set(), set(), set()
     for p in paths:
-        side = load_side(p)
+        try:
+            side = load_side(p)
+        except VerificationFailed as e:
+            raise KitError(f"does not verify ({terminal(e.problems[0]) if e.problems else 'see kit bundle verify'})",
+                           where=str(p), fix="give bundles as the kit wrote them (kit bundle verify PATH says what is wrong)")
         for d in side.ok:
             where = f"{p}: {d.path.name}"
             if dotted(d.provenance, "plan.recipe_sha256") != sha:
                 raise KitError("a run of another recipe (or the recipe with other values)", where=where,
                                fix=f"give runs of {plan.recipe_name} with the same --set values, or other --set values")
-            if dotted(d.provenance, "host.hostname") != host:
-                raise KitError("a run made on another host", where=where, fix="a host's floor is measured on that host")
-            presets.add(str(d.manifest.get("preset")))
+            preset, host = d.manifest.get("preset"), dotted(d.provenance, "host.hostname")
+            if not (isinstance(preset, str) and _NAME.match(preset) and isinstance(host, str) and _NAME.match(host)):
+                raise KitError("its preset or host name is not a plain name", where=where,
+                               fix="give runs made by the kit with the named presets")
+            if str(d.id) in seen:
+                continue
+            seen.add(str(d.id))
+            presets.add(preset)
+            hosts.add(host)
             groups.add(str(d.manifest.get("group") or d.id))
             runs.append({"bundle": str(d.id), "started": str(d.manifest.get("created")),
                          **{m: dotted(d.metrics, f"summary.{m}") for m in noise.METRICS}})
     if not runs:
-        raise KitError("no finished run found", where=" ".join(map(str, paths)), fix="name bundles or groups whose status is ok")
+        raise KitError("no finished run found", where=where_all, fix="name bundles or groups whose status is ok")
     if len(presets) > 1:
-        raise KitError(f"runs of several presets ({', '.join(sorted(presets))})", where=" ".join(map(str, paths)),
+        raise KitError(f"runs of several presets ({', '.join(sorted(presets))})", where=where_all,
                        fix="one preset per --from: identical runs only")
+    if len(hosts) > 1:
+        raise KitError(f"runs of several hosts ({', '.join(sorted(hosts))})", where=where_all,
+                       fix="one host per --from: a floor is a host's")
     new = noise.session(presets=sorted(presets)[0].split("+"), group=",".join(sorted(groups)), runs=runs)
-    return _store(host, plan.recipe_name, sha, new, reset, console)
+    return _store(hosts.pop(), plan.recipe_name, sha, new, reset, console)

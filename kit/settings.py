@@ -181,11 +181,12 @@ def _applied(spec: Spec, value: Any, backend: str, *, mpi: str) -> tuple[str, st
 ALLOCATOR_ENV = "LD_PRELOAD"
 
 
-def reserved_env() -> frozenset[str]:
-    """Variables a recipe's ``env`` may not set: the knobs' (``OMP_NUM_THREADS``, the
-    allocator's ``LD_PRELOAD``), the ranks' torchrun contract and the kit's own ``KIT_*``
-    (checked by prefix in ``kit.plan``)."""
-    return frozenset({s.env_var for s in SPECS if s.env_var} | {ALLOCATOR_ENV} | set(rankenv.CONTRACT))
+def reserved_env(name: str) -> bool:
+    """Whether a recipe's ``env`` may not set ``name``: the knobs' variables
+    (``OMP_NUM_THREADS``, the allocator's ``LD_PRELOAD``), the ranks' torchrun contract and
+    the kit's own ``KIT_*``."""
+    return (name in {s.env_var for s in SPECS if s.env_var} | {ALLOCATOR_ENV} | set(rankenv.CONTRACT)
+            or name.startswith("KIT_"))
 
 
 def rank_environment(values: Mapping[str, Any]) -> dict[str, str]:

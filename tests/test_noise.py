@@ -78,5 +78,5 @@ def test_show_reads_this_hosts_floor_for_the_resolved_recipe(tmp_path, monkeypat
     assert got["metrics"]["sec_per_iter"]["floor"] == pytest.approx(spi) and got["runs"] == 2
     text = kit_cli("noise", "tiny", "--set", "train.iters=4", "--show").stdout
     assert f"sec_per_iter x{math.exp(spi):.3f}" in text and f"peak_mem_mib x{math.exp(mem):.3f}" in text
-    assert "spread x1.250" in text and "under 30 min" in text
+    assert "spread within a preset up to x1.250" in text and "under 30 min" in text
     assert kit_cli("noise", "tiny", "--show").returncode == 2  # the recipe as resolved without the override: none

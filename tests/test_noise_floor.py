@@ -5,6 +5,7 @@ accumulated over sessions. Pure statistics and the kit's own cache files: no run
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from datetime import datetime, timedelta, timezone
@@ -161,3 +162,121 @@ def test_spread_spaces_the_starts_evenly(monkeypatch, tmp_path):
 def test_ctrl_c_while_waiting_stops_the_group_as_interrupted(monkeypatch, tmp_path):
     g, starts = _fake_group(monkeypatch, tmp_path, FakeClock(interrupt_at_sleep=2), 4, 1800)
     assert len(starts) == 2 and g.interrupted and g.exit_code == EXIT_INTERRUPTED
+
+
+def test_a_run_named_twice_in_one_session_counts_once():
+    t0 = datetime(2026, 12, 1, 9, tzinfo=timezone.utc)
+    runs = _runs([1.0, 1.1, 0.95], t0)
+    once = noise.add_session(host="h", recipe="tiny", recipe_sha256="s" * 64,
+                             new=noise.session(presets=["baseline"], group="g", runs=runs))
+    twice = noise.add_session(host="h", recipe="tiny", recipe_sha256="s" * 64,
+                              new=noise.session(presets=["baseline"], group="g", runs=runs + runs))
+    assert twice["runs"] == once["runs"] == 3
+    assert noise.floor_of(twice, "sec_per_iter") == pytest.approx(noise.floor_of(once, "sec_per_iter"))
+
+
+def test_the_spread_shown_is_within_one_preset():
+    t0 = datetime(2026, 12, 1, 9, tzinfo=timezone.utc)
+    rec = noise.make_record(host="h", recipe="tiny", recipe_sha256="s" * 64, sessions=[
+        noise.session(presets=["baseline"], group="a", runs=_runs([1.0, 1.1], t0, prefix="a")),
+        noise.session(presets=["tuned"], group="b", runs=_runs([0.5, 0.52], t0, prefix="b"))])
+    assert rec["metrics"]["sec_per_iter"]["spread"] == pytest.approx(math.log(1.1))  # not ln(1.1 / 0.5)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda d: d["sessions"][0].pop("runs"),
+    lambda d: d["metrics"]["sec_per_iter"].update(factor="x2"),
+    lambda d: d["metrics"]["sec_per_iter"].update(values=[1.0, True]),
+    lambda d: d["sessions"][0]["runs"][0].update(sec_per_iter="fast"),
+    lambda d: d.update(span_s=[1]),
+])
+def test_a_damaged_record_is_not_used(damage):
+    t0 = datetime(2026, 12, 1, 9, tzinfo=timezone.utc)
+    rec = noise.make_record(host="h", recipe="tiny", recipe_sha256="s" * 64, sessions=[
+        noise.session(presets=["baseline"], group="g", runs=_runs([1.0, 1.1, 0.9], t0))])
+    noise.save(rec)
+    assert noise.load("h", "tiny", "s" * 64) == json.loads(json.dumps(rec))
+    damage(rec)
+    noise.save(rec)
+    assert noise.load("h", "tiny", "s" * 64) is None
+
+
+def test_describe_escapes_what_came_from_a_bundle():
+    t0 = datetime(2026, 12, 1, 9, tzinfo=timezone.utc)
+    rec = noise.make_record(host="h\x1b[2Jx", recipe="tiny", recipe_sha256="s" * 64, sessions=[
+        noise.session(presets=["base\x1b]0;pwned\x07"], group="g", runs=_runs([1.0, 1.1], t0))])
+    assert "\x1b" not in noise.describe(rec) and "\x07" not in noise.describe(rec)
+
+
+def test_a_spread_beyond_the_records_age_is_refused():
+    with pytest.raises(KitError) as e:
+        repeat.parse_duration("99999999999999d", "kit noise --spread")
+    assert "30 days" in str(e.value)
+
+
+def _tiny_sha():
+    from kit import plan as plan_mod
+
+    return plan_mod.resolve(recipe_name="tiny", preset_names=None).summary()["recipe_sha256"]
+
+
+def test_from_keys_the_record_by_the_runs_host_and_counts_a_run_once(tmp_path):
+    """Bundles written by the kit's writer (no training run): a group of three and one of its
+    own bundles named again; the record is the runs' host's (a compute node's, say)."""
+    from conftest import kit_cli
+    from verdict_bundles import make_bundle
+
+    sha = _tiny_sha()
+    g = tmp_path / "group-x"
+    paths = [make_bundle(g, [v, v], group="group-x", plan={"recipe_sha256": sha}, host={"hostname": "node7"})
+             for v in (1.0, 1.1, 0.95)]
+    proc = kit_cli("noise", "tiny", "--from", str(g), "--from", str(paths[0]), "--json")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads(proc.stdout)["record"]
+    assert rec["host"] == "node7" and rec["runs"] == 3
+    shown = kit_cli("noise", "tiny", "--show", "--host", "node7")
+    assert shown.returncode == 0 and "noise floor of tiny on node7" in shown.stdout
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("tampered", "does not verify"),
+    ("presets", "several presets"),
+    ("hosts", "several hosts"),
+    ("badname", "not a plain name"),
+])
+def test_from_refuses_in_one_line(tmp_path, case, expect):
+    from conftest import kit_cli
+    from verdict_bundles import make_bundle
+
+    sha = _tiny_sha()
+    a = make_bundle(tmp_path / "a", [1.0, 1.0], plan={"recipe_sha256": sha})
+    other = {"presets": dict(preset="tuned"), "hosts": dict(host={"hostname": "elsewhere"}),
+             "badname": dict(host={"hostname": "bad\x1b[31mname"})}.get(case, {})
+    b = make_bundle(tmp_path / "b", [1.1, 1.1], plan={"recipe_sha256": sha}, **other)
+    if case == "tampered":
+        log = next(p for p in b.rglob("*") if p.is_file() and p.name == "metrics.json")
+        log.write_text(log.read_text().replace("1100.0", "500.0"))
+    proc = kit_cli("noise", "tiny", "--from", str(a), "--from", str(b))
+    assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr and "\x1b" not in proc.stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--from", "x", "--repeat", "3"], "--from and --repeat cannot be used together"),
+    (["--from", "x", "--show"], "--from and --show cannot be used together"),
+    (["--show", "--spread", "1h"], "--show and --spread cannot be used together"),
+    (["--host", "n1"], "--host only selects"),
+    (["--spread", "soon"], "is not a duration"),
+])
+def test_noise_option_clashes_are_refused(args, expect):
+    from conftest import kit_cli
+
+    proc = kit_cli("noise", "tiny", *args)
+    assert proc.returncode == 2 and expect in proc.stderr, proc.stderr
+
+
+def test_run_spread_needs_repeat():
+    from conftest import kit_cli
+
+    proc = kit_cli("run", "tiny", "--spread", "10m")
+    assert proc.returncode == 2 and "add --repeat" in proc.stderr

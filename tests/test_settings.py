@@ -121,3 +121,15 @@ def test_a_recipe_env_may_not_set_what_the_kit_sets(tmp_path, name):
     ok = tmp_path / "ok.yaml"
     ok.write_text((Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text() + "env:\n  PYTHONPATH: /x\n")
     plan_mod.resolve(recipe_name=str(ok), preset_names=["baseline"])  # any other name is the recipe's own
+
+
+def test_recipes_list_marks_a_recipe_setting_a_reserved_variable_invalid(tmp_path, monkeypatch):
+    import json
+
+    from conftest import kit_cli
+
+    (tmp_path / "threads.yaml").write_text(
+        (Path(__file__).resolve().parents[1] / "recipes" / "tiny.yaml").read_text() + "env:\n  OMP_NUM_THREADS: '4'\n")
+    proc = kit_cli("recipes", "list", "--json", env={"KIT_RECIPES": str(tmp_path)})
+    row = next(r for r in json.loads(proc.stdout) if r["name"] == "threads")
+    assert row["recipe"] is None and "env.OMP_NUM_THREADS" in row["error"]

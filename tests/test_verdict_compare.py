@@ -69,7 +69,8 @@ def test_one_run_per_side_uses_iterations_and_the_noise_floor(tmp_path):
     assert "over the timed iterations of 1 vs 1 run(s) (6 vs 6 iterations after warm-up)" in text
     assert "noise floor of tiny on testhost" in text
     # a floor of x1.2 swallows it
-    noise.save({**rec, "metrics": {**rec["metrics"], "sec_per_iter": {"values": [1, 1.2], "floor": math.log(1.2)}}})
+    noise.save({**rec, "metrics": {**rec["metrics"], "sec_per_iter": {**rec["metrics"]["sec_per_iter"],
+                                                                       "floor": math.log(1.2), "factor": 1.2}}})
     spi = judge.judge(judge.load_side(a), judge.load_side(b)).get("sec_per_iter").judgement
     assert spi.verdict == "within noise" and "noise floor x1.2" in spi.reasons[0]
 

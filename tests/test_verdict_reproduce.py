@@ -49,7 +49,8 @@ def test_timing_beyond_the_tolerance_is_forgiven_only_by_a_noise_floor(tmp_path)
     noise.save(rec)  # identical runs here differed by 1.5x: 1.3x is noise
     c = _checks(tmp_path, ITER, slower)
     assert c["sec_per_iter"].ok and c["tflops"].ok and "within noise" in c["sec_per_iter"].note
-    noise.save({**rec, "metrics": {"sec_per_iter": {"values": [1.0, 1.05], "floor": math.log(1.05)}}})
+    noise.save({**rec, "metrics": {**rec["metrics"], "sec_per_iter": {**rec["metrics"]["sec_per_iter"],
+                                                                       "floor": math.log(1.05), "factor": 1.05}}})
     c = _checks(tmp_path, ITER, slower)  # a quiet host: 1.3x is real and beyond the tolerance
     assert c["sec_per_iter"].ok is False and c["sec_per_iter"].note.startswith("slower")
     assert _checks(tmp_path, ITER, slower, tol=reproduce.Tolerance(timing=math.inf))["sec_per_iter"].line().endswith("not judged")
