@@ -140,7 +140,7 @@ def _command(plan: Plan, b: Bundle, launcher, rt, cwd: Path) -> _Command:
     kit_env = dict(plan.env)
     kit_env["KIT_RUN_ID"] = b.id
     kit_env.setdefault("PYTHONUNBUFFERED", "1")
-    binds = [b.path, cwd, *(plan.site.host_binds() if plan.site else [])]
+    binds = [b.path, *(plan.site.host_binds() if plan.site else [])]  # and cwd, unless the image provides it
     if launcher.inside_runtime:  # torchrun runs in the image and starts the ranks there
         argv = rt.wrap(launcher.command(plan, plan.rank_argv, python=plan.python, log_dir=b.logs.resolve()),
                        kit_env, cwd=cwd, binds=binds)

@@ -16,9 +16,12 @@ import hashlib
 import json
 import os
 import re
+import selectors
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ import kit
 from kit import hostinfo, rankexec
 from kit.digest import sha256_file
 from kit.bundle import atomic_write
+from kit.bundle_reader import BundleReadError, MissingFile, parse_json, read_capped
 from kit.redact import redact_env
 
 # The OpenBLAS in this process (run where the ranks run, after torch's import): the first
@@ -109,22 +113,81 @@ def software_info(python_argv: list[str], timeout: float = 120, *, cache_key: st
         except (OSError, ValueError):
             pass
     nice = shutil.which("nice")
-    argv = [*([nice, "-n", "19"] if nice else []), *python_argv, "-c", _SOFTWARE_SCRIPT]
+    doc = marker_json([*([nice, "-n", "19"] if nice else []), *python_argv, "-c", _SOFTWARE_SCRIPT],
+                      "KIT-SOFTWARE-JSON", timeout=timeout)
+    if "error" in doc:
+        return doc
+    if cached is not None:
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cached, json.dumps(doc))
+        except OSError:
+            pass
+    return {**doc, "inventory": {"cached": False, "key": cache_key}}
+
+
+#: the most a Python started for a record (possibly an image's) may print on stdout
+MAX_MARKER_BYTES = 1 << 20
+
+
+def marker_json(argv: list[str], marker: str, *, timeout: float) -> dict[str, Any]:
+    """The JSON object that ``argv`` prints on its stdout line starting with ``marker`` (and a
+    space), or ``{"error": why}``. What an image's Python prints is untrusted: stdout is read
+    up to ``MAX_MARKER_BYTES`` (the command is killed past it) and the object is parsed
+    through the bundle reader's JSON door (nesting depth capped, no NaN/Infinity), so a
+    record the kit writes is one its own reader takes."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"error": f"could not run {python_argv!r}: {e}"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("KIT-SOFTWARE-JSON "):
-            doc = json.loads(line.split(" ", 1)[1])
-            if cached is not None:
-                try:
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write(cached, json.dumps(doc))
-                except OSError:
-                    pass
-            return {**doc, "inventory": {"cached": False, "key": cache_key}}
-    return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+        rc, out, err, why = _run_capped(argv, timeout=timeout, cap=MAX_MARKER_BYTES)
+    except OSError as e:
+        return {"error": f"could not run {argv[0]!r}: {e}"}
+    if why:
+        return {"error": why}
+    for line in out.splitlines():
+        if line.startswith(marker.encode() + b" "):
+            try:
+                doc = parse_json(line.split(b" ", 1)[1], marker)
+            except BundleReadError as e:
+                return {"error": str(e)}
+            return doc if isinstance(doc, dict) else {"error": f"{marker}: not a JSON object"}
+    return {"error": f"exit {rc}: {err.decode(errors='replace').strip()[-500:]}"}
+
+
+def _run_capped(argv: list[str], *, timeout: float, cap: int) -> tuple[int, bytes, bytes, str | None]:
+    """Run ``argv``: its exit code, stdout (at most ``cap`` bytes), the tail of its stderr,
+    and why it was killed (past ``timeout`` seconds or ``cap`` bytes), or None."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = bytearray(), bytearray()
+    why = None
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, out)  # type: ignore[arg-type]
+        sel.register(proc.stderr, selectors.EVENT_READ, err)  # type: ignore[arg-type]
+        while sel.get_map() and why is None:
+            left = deadline - time.monotonic()
+            events = sel.select(left) if left > 0 else []
+            if not events:
+                why = f"timed out after {timeout:g} s"
+            for key, _ in events:
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    continue
+                key.data.extend(chunk)
+                if key.data is err:
+                    del err[:-4096]
+                elif len(out) > cap:
+                    why = f"printed more than {cap} bytes"
+    if why is None:
+        try:  # both pipes closed: the command ends, or is past its time
+            proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            why = f"timed out after {timeout:g} s"
+    if why:
+        proc.kill()
+    rc = proc.wait()
+    proc.stdout.close()  # type: ignore[union-attr]
+    proc.stderr.close()  # type: ignore[union-attr]
+    return rc, bytes(out), bytes(err), why
 
 
 def _software_cache(key: str | None) -> Path | None:
@@ -174,7 +237,7 @@ _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
 def program(rank_argv: list[str], *, workdir: Path, env: dict[str, str],
-            max_bytes: int = HASH_MAX_BYTES) -> dict[str, Any]:
+            max_bytes: int = HASH_MAX_BYTES, provided: Sequence[str] = ()) -> dict[str, Any]:
     """Where the training program comes from and what it read.
 
     ``script``: the pinned script (``python x.py``) or module (``python -m pkg.mod``, looked
@@ -182,42 +245,71 @@ def program(rank_argv: list[str], *, workdir: Path, env: dict[str, str],
     (remote without credentials, commit, dirty flag, the sha256 and file list of its diff
     against HEAD, so a local patch is visible); ``files``: the sha256 and size of every
     existing file the command names (vocabulary, merges, configs) and of a Megatron data
-    prefix's ``.bin``/``.idx``, streamed, ``max_bytes`` at most per file."""
+    prefix's ``.bin``/``.idx``, streamed, ``max_bytes`` at most per file.
+
+    ``provided``: the directories an image brings (inside that image, ``program_inside``): a
+    script there in a tree without ``.git`` is described by the tree's ``PROGRAM_RECORD``,
+    looked for from the script's directory up to the provided directory, never above it; with
+    none (on the host) no such record is read."""
     words = rankexec.program_argv(rank_argv)
     script = _script(words, workdir, env)
     out: dict[str, Any] = {"argv": words, "workdir": str(workdir)}
-    out["script"] = {"path": str(script), **_git_state(script.parent)} if script else None
+    out["script"] = {"path": str(script), **_git_state(script.parent, provided)} if script else None
     out["files"] = _named_files(words[1:], workdir, skip=script, max_bytes=max_bytes)
     return out
 
 
 _PROGRAM_SCRIPT = ("import json, sys; from pathlib import Path; from kit import provenance as p; "
                    "a = json.loads(sys.argv[1]); print('KIT-PROGRAM-JSON ' + json.dumps(p.program("
-                   "a['argv'], workdir=Path(a['workdir']), env=a['env'])))")
+                   "a['argv'], workdir=Path(a['workdir']), env=a['env'], provided=a['provided'])))")
+
+#: the fields of ``program()``'s record taken from an image's answer, with their types (a
+#: dict: the fields of each entry); anything else it says is left out
+_GIT_FIELDS: dict[str, Any] = {"repository": str, "remote": (str, type(None)), "commit": (str, type(None)),
+                               "dirty": (bool, type(None)), "diff_sha256": (str, type(None)), "diff_files": [str],
+                               "git": type(None), "why": str, "source": str}
+_FILE_FIELDS: dict[str, Any] = {"path": str, "size": int, "sha256": (str, type(None)), "why": str}
+
+
+def _checked(value: Any, kind: Any) -> tuple[bool, Any]:
+    """``value`` as ``kind`` describes it (a type or tuple of types; ``[kind]``: a list of
+    such; a dict: an object with those fields, others dropped), and whether it fits."""
+    if isinstance(kind, list):
+        if not isinstance(value, list):
+            return False, None
+        items = [_checked(v, kind[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if isinstance(kind, dict):
+        if not isinstance(value, dict):
+            return False, None
+        out = {}
+        for key, k in kind.items():
+            if key in value:
+                ok, v = _checked(value[key], k)
+                out[key] = v if ok else None
+        return True, out
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is int)
+    return ok, value if ok else None
 
 
 def program_inside(python_argv: list[str], rank_argv: list[str], *, workdir: Path, env: dict[str, str],
-                   timeout: float = 120) -> dict[str, Any]:
+                   provided: Sequence[str], timeout: float = 120) -> dict[str, Any]:
     """``program()`` as the kit inside an image sees it (``python_argv``: the image's Python,
-    wrapped by the runtime): for a program the image brings, whose files the host cannot read.
-    On failure, the record says so (``error``), with nothing else taken."""
+    wrapped by the runtime; ``provided``: the directories that image brings): for a program
+    the image brings, whose files the host cannot read. The answer is untrusted: read through
+    ``marker_json`` (capped, depth-checked), of it only ``script`` and ``files`` are kept,
+    field by field with their types checked (a field of another type is null), and ``argv``
+    and ``workdir`` are the host's. On failure, the record says so (``error``)."""
     arg = json.dumps({"argv": list(rank_argv), "workdir": str(workdir),
-                      "env": {"PYTHONPATH": env.get("PYTHONPATH", "")}})
-    try:
-        proc = subprocess.run([*python_argv, "-c", _PROGRAM_SCRIPT, arg], capture_output=True, text=True,
-                              timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"argv": rankexec.program_argv(rank_argv), "workdir": str(workdir), "error": f"could not run: {e}"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("KIT-PROGRAM-JSON "):
-            try:
-                doc = json.loads(line.split(" ", 1)[1])
-            except ValueError:
-                break
-            if isinstance(doc, dict):
-                return {**doc, "taken": "inside the image"}
-    return {"argv": rankexec.program_argv(rank_argv), "workdir": str(workdir),
-            "error": f"exit {proc.returncode}: {proc.stderr.strip()[-500:]}"}
+                      "env": {"PYTHONPATH": env.get("PYTHONPATH", "")}, "provided": list(provided)})
+    out: dict[str, Any] = {"argv": rankexec.program_argv(rank_argv), "workdir": str(workdir)}
+    doc = marker_json([*python_argv, "-c", _PROGRAM_SCRIPT, arg], "KIT-PROGRAM-JSON", timeout=timeout)
+    if "error" in doc:
+        return {**out, "error": str(doc["error"])[:1000]}
+    script = doc.get("script")
+    ok, files = _checked(doc.get("files"), [_FILE_FIELDS])
+    checked_script = _checked(script, {"path": str, **_GIT_FIELDS})[1] if script is not None else None
+    return {**out, "script": checked_script, "files": files[:MAX_FILES] if ok else [], "taken": "inside the image"}
 
 
 def _script(words: list[str], workdir: Path, env: dict[str, str]) -> Path | None:
@@ -258,27 +350,35 @@ def _git(directory: Path, *args: str) -> subprocess.CompletedProcess | None:
 #: written at the top of a program tree staged without ``.git`` (``kit image build --dsf``):
 #: the git facts of the commit it was taken from and the patch applied to it
 PROGRAM_RECORD = "KIT_PROGRAM.json"
-_RECORD_KEYS = {"remote": str, "commit": str, "dirty": bool, "diff_sha256": str, "diff_files": list}
+_RECORD_KEYS = ("remote", "commit", "dirty", "diff_sha256", "diff_files")  # typed as in _GIT_FIELDS
 
 
-def _program_record(directory: Path) -> dict[str, Any] | None:
-    """The ``PROGRAM_RECORD`` of the tree holding ``directory`` (looked for upwards), reduced
-    to git's fields with their types checked; None where there is none."""
+#: the most a ``PROGRAM_RECORD`` may hold
+RECORD_MAX_BYTES = 65536
+
+
+def _program_record(directory: Path, provided: Sequence[str]) -> dict[str, Any] | None:
+    """The ``PROGRAM_RECORD`` of the tree holding ``directory``, looked for upwards but only
+    within a ``provided`` directory (where an image's build wrote it; a stray file in /tmp or
+    a home directory is never taken), read through the bundle reader's door (a regular file,
+    no link, capped, depth-checked), reduced to git's fields with their types checked; None
+    where there is none."""
+    roots = [Path(r) for r in provided]
     for d in [directory, *directory.parents]:
+        if not any(d == r or r in d.parents for r in roots):
+            return None  # outside every provided directory
         f = d / PROGRAM_RECORD
         try:
-            if not f.is_file() or f.stat().st_size > 65536:
-                continue
-            doc = json.loads(f.read_text(errors="replace"))
-        except (OSError, ValueError):
+            doc = parse_json(read_capped(f, RECORD_MAX_BYTES), f)
+        except MissingFile:
+            continue
+        except BundleReadError:
             return None
         if not isinstance(doc, dict):
             return None
         out: dict[str, Any] = {"repository": str(d)}
-        for key, kind in _RECORD_KEYS.items():
-            v = doc.get(key)
-            ok = isinstance(v, kind) and (kind is not list or all(isinstance(x, str) for x in v))
-            out[key] = v if ok else None
+        for key in _RECORD_KEYS:
+            out[key] = _checked(doc.get(key), _GIT_FIELDS[key])[1]
         out["source"] = f"{f} (a tree staged without .git: {str(doc.get('staged_by', ''))[:200]})"
         return out
     return None
@@ -289,10 +389,10 @@ def strip_credentials(url: str) -> str:
     return _USERINFO.sub("", url)
 
 
-def _git_state(directory: Path) -> dict[str, Any]:
+def _git_state(directory: Path, provided: Sequence[str]) -> dict[str, Any]:
     top = _git(directory, "rev-parse", "--show-toplevel")
     if top is None:
-        return _program_record(directory) or {"git": None, "why": "not in a git checkout (or git is not installed)"}
+        return _program_record(directory, provided) or {"git": None, "why": "not in a git checkout (or git is not installed)"}
     out: dict[str, Any] = {"repository": top.stdout.decode(errors="replace").strip()}
     remote = _git(directory, "remote", "get-url", "origin") or _git(directory, "config", "--get-regexp", r"^remote\..*\.url$")
     url = remote.stdout.decode(errors="replace").strip().split("\n")[0].split(" ")[-1] if remote else None

@@ -13,7 +13,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import jobs, known_bad, redact, schedulers
+from kit import jobs, known_bad, redact, runtimes, schedulers
 from kit.bundle import Bundle
 from kit.errors import KitError
 from kit.execute import execute
@@ -36,6 +36,8 @@ def run(plan: Plan, out_dir: Path, console: Console, *, extra_files: dict[str, A
     seen_bad = known_bad.enforce(plan, console)  # KitError unless --force
     if plan.batch:
         refuse_secrets(plan)
+    else:  # the image is inspected where it runs: here (a batch job's node may see another)
+        runtimes.get(plan.runtime, image=plan.image).refuse_bundle_dir(out_dir)
     b = Bundle.create(out_dir, recipe=plan.recipe_name, preset=plan.preset.name, group=group)
     write_inputs(b, plan)
     if seen_bad:

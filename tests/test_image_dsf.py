@@ -236,6 +236,53 @@ def test_a_directory_the_image_provides_is_its_own_not_the_hosts(tmp_path):
     assert not HostRuntime().provides("/opt/dsf")
 
 
+@pytest.mark.parametrize("label", ["/", "/tmp", "/opt/../etc"])
+def test_a_too_broad_provides_label_is_ignored_with_a_warning(tmp_path, capsys, monkeypatch, label):
+    """An image's labels are untrusted: ``/`` (an empty prefix once stripped), a top-level
+    directory or a path with ``..`` would keep the bundle and the workdir from being bound and
+    skip the workdir check. Such an entry counts for nothing, and a warning line names it."""
+    from kit.runtimes import base
+
+    monkeypatch.setattr(base, "_WARNED", set())  # once per process: this test's own
+    rt = _oci({"org.kit.arch": "amd64", "org.kit.provides": f"{label} /opt/dsf"})
+    bundle, work = tmp_path / "bundle", tmp_path / "w"
+    assert not rt.provides(work) and not rt.provides("/etc/ssl") and not rt.provides("/opt/../etc/ssl")
+    assert rt.provides("/opt/dsf/DeepSpeedFugaku")  # the entry that counts still does
+    argv = rt.wrap(["python3"], {}, cwd=work, binds=[bundle])
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"] == [f"{bundle}:{bundle}", f"{work}:{work}"]
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert len(warning) == 1 and f"org.kit.provides entry {label!r} ignored" in warning[0]
+
+
+def test_the_bundle_and_the_sites_binds_are_bound_even_under_a_provided_directory(tmp_path):
+    """``provides`` is asked of the workdir only: the bundle and a site's binds always reach
+    the container, whatever the image's label says."""
+    rt = _oci({"org.kit.arch": "amd64", "org.kit.provides": str(tmp_path)})
+    site_bind = tmp_path / "site"
+    argv = rt.wrap(["python3"], {}, cwd=tmp_path / "w", binds=[tmp_path / "bundle", site_bind])
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"] == [
+        f"{tmp_path / 'bundle'}:{tmp_path / 'bundle'}", f"{site_bind}:{site_bind}"]
+    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "w")  # the image's own, not bound
+
+
+def test_a_bundle_directory_under_a_provided_directory_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from kit import cli
+    from kit.runtimes import oci
+
+    labels = {"org.kit.arch": "amd64", "org.kit.provides": str(tmp_path)}
+    monkeypatch.setattr(oci.OciRuntime, "image_info", lambda self: {"arch": "amd64", "labels": labels})
+    out = tmp_path / "results"
+    monkeypatch.setattr(sys, "argv", ["kit", "run", "dsf-tiny", "--preset", "baseline", "--runtime", "podman",
+                                      "--image", "localhost/kit:x86_64-tcmalloc-dsf", "--out", str(out),
+                                      "--set", f"vars.dsf={tmp_path}/DeepSpeedFugaku"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"the bundle directory {out} lies under {tmp_path}" in lines[0], lines
+    assert not out.exists()  # refused before any bundle was made
+
+
 def test_singularity_does_not_bind_what_the_image_provides(tmp_path, monkeypatch):
     import stat
 
@@ -271,25 +318,96 @@ def test_plan_accepts_a_workdir_only_the_image_has(tmp_path, monkeypatch):
 
 def test_program_provenance_reads_the_staged_trees_record(checkout, tmp_path):
     """A tree staged without .git (the image's /opt/dsf/DeepSpeedFugaku) is described by the
-    KIT_PROGRAM.json the build wrote: the same git fields a host checkout gives."""
+    KIT_PROGRAM.json the build wrote, inside the image that provides it (``provided``; here
+    the staged context's ``dsf`` directory stands in for the image's /opt/dsf): the same git
+    fields a host checkout gives."""
     from kit import provenance
 
     source = dsf.checkout(checkout, REPO)
     ctx = tmp_path / "ctx"
     dsf.stage(source, REPO, ctx, load_versions())
     tree = ctx / "dsf" / "DeepSpeedFugaku"
-    out = provenance.program(["python3", "pretrain_gpt.py", "--vocab-file", "README.md"], workdir=tree, env={})
+    provided = [str(ctx / "dsf")]
+    out = provenance.program(["python3", "pretrain_gpt.py", "--vocab-file", "README.md"], workdir=tree, env={},
+                             provided=provided)
     sc = out["script"]
     assert sc["commit"] == source.commit and sc["remote"] == "https://github.com/Fugaku-LLM/DeepSpeedFugaku"
     assert sc["dirty"] is True and sc["diff_sha256"] == dsf.patch_sha256(REPO)
     assert sc["repository"] == str(tree) and "KIT_PROGRAM.json" in sc["source"]
     assert [f["path"] for f in out["files"]] == [str(tree / "README.md")]
+    # on the host (nothing provided) the same tree's record is not taken
+    assert provenance.program(["python3", "pretrain_gpt.py"], workdir=tree, env={})["script"]["git"] is None
     # a malformed record gives no git facts, never a crash or a wrong type
     (tree / "KIT_PROGRAM.json").write_text('{"commit": 5, "remote": ["x"], "dirty": "yes"}')
-    sc = provenance.program(["python3", "pretrain_gpt.py"], workdir=tree, env={})["script"]
+    sc = provenance.program(["python3", "pretrain_gpt.py"], workdir=tree, env={}, provided=provided)["script"]
     assert sc["commit"] is None and sc["remote"] is None and sc["dirty"] is None
     (tree / "KIT_PROGRAM.json").unlink()
-    assert provenance.program(["python3", "pretrain_gpt.py"], workdir=tree, env={})["script"]["git"] is None
+    assert provenance.program(["python3", "pretrain_gpt.py"], workdir=tree, env={}, provided=provided)["script"]["git"] is None
+
+
+def _record(commit: str) -> str:
+    return json.dumps({"commit": commit, "remote": "https://example.org/forged", "dirty": False,
+                       "diff_sha256": None, "diff_files": []})
+
+
+def test_a_stray_program_record_outside_the_provided_tree_is_never_taken(tmp_path):
+    """A KIT_PROGRAM.json in /tmp, a home or a shared directory above a program that is not in
+    a git checkout is not its git record: not on the host, not above the provided directory,
+    not through a symbolic link, not when nested deeper than the bundle reader takes."""
+    from kit import provenance
+
+    prog = tmp_path / "prog"
+    (prog / "tools").mkdir(parents=True)
+    (prog / "tools" / "train.py").write_text("")
+    (tmp_path / "KIT_PROGRAM.json").write_text(_record("f" * 40))  # the stray file, above the tree
+    argv = ["python3", "tools/train.py"]
+
+    def script(**kw):
+        return provenance.program(argv, workdir=prog, env={}, **kw)["script"]
+
+    assert script()["git"] is None  # on the host
+    assert script(provided=[str(prog)])["git"] is None  # above the provided directory
+    (prog / "KIT_PROGRAM.json").symlink_to(tmp_path / "KIT_PROGRAM.json")
+    assert script(provided=[str(prog)]).get("commit") is None  # a link is not the build's file
+    (prog / "KIT_PROGRAM.json").unlink()
+    (prog / "KIT_PROGRAM.json").write_text("[" * 100 + "]" * 100)
+    assert script(provided=[str(prog)]).get("commit") is None
+    (prog / "KIT_PROGRAM.json").write_text(_record("a" * 40))  # the build's own, at the tree's top
+    got = script(provided=[str(prog)])
+    assert got["commit"] == "a" * 40 and got["repository"] == str(prog)
+
+
+# what an image's Python may print for program_inside / software_info (the stand-in for the
+# wrapped image Python: a script that ignores the kit's arguments and prints this)
+HOSTILE = {
+    "extra keys and wrong types": 'print("KIT-PROGRAM-JSON " + json.dumps({"argv": ["rm", "-rf"], "workdir": "/x", '
+                                  '"evil": "yes", "taken": "on the host", "script": {"path": "/opt/dsf/t.py", '
+                                  '"commit": 5, "dirty": "no", "diff_files": ["a", 1], "note": "x"}, '
+                                  '"files": [{"path": "v.json", "size": "big", "sha256": None, "x": 1}]}))',
+    "too deep": 'print("KIT-PROGRAM-JSON {\\"script\\": " + "[" * 100 + "]" * 100 + "}")',
+    "too much": 'print("KIT-PROGRAM-JSON " + json.dumps({"script": None, "files": ["x" * (2 << 20)]}))',
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_program_inside_takes_only_the_records_fields_checked_and_capped(tmp_path, case):
+    from kit import provenance
+
+    fake = tmp_path / "image_python.py"
+    fake.write_text("import json\n" + HOSTILE[case] + "\n")
+    got = provenance.program_inside([sys.executable, str(fake)], ["python3", "train.py"], workdir=tmp_path,
+                                    env={}, provided=[])
+    assert got["argv"] == ["python3", "train.py"] and got["workdir"] == str(tmp_path)  # the host's
+    if case == "extra keys and wrong types":
+        assert set(got) == {"argv", "workdir", "script", "files", "taken"} and got["taken"] == "inside the image"
+        assert got["script"] == {"path": "/opt/dsf/t.py", "commit": None, "dirty": None, "diff_files": None}
+        assert got["files"] == [{"path": "v.json", "size": None, "sha256": None}]
+    else:
+        assert set(got) == {"argv", "workdir", "error"}
+        assert ("nested deeper" if case == "too deep" else "printed more than") in got["error"]
+        # the software inventory reads the image's answer through the same door
+        fake.write_text("import json\n" + HOSTILE[case].replace("KIT-PROGRAM-JSON", "KIT-SOFTWARE-JSON") + "\n")
+        assert set(provenance.software_info([sys.executable, str(fake)])) == {"error"}
 
 
 def test_program_provenance_inside_an_image_uses_its_python(tmp_path):
@@ -298,7 +416,7 @@ def test_program_provenance_inside_an_image_uses_its_python(tmp_path):
     from kit import provenance
 
     (tmp_path / "train.py").write_text("")
-    got = provenance.program_inside([sys.executable], ["python3", "train.py"], workdir=tmp_path, env={})
+    got = provenance.program_inside([sys.executable], ["python3", "train.py"], workdir=tmp_path, env={}, provided=[])
     assert got["taken"] == "inside the image" and got["script"]["path"] == str(tmp_path / "train.py")
-    bad = provenance.program_inside(["/bin/false"], ["python3", "train.py"], workdir=tmp_path, env={})
+    bad = provenance.program_inside(["/bin/false"], ["python3", "train.py"], workdir=tmp_path, env={}, provided=[])
     assert bad["error"].startswith("exit 1") and bad["argv"] == ["python3", "train.py"]

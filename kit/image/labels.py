@@ -4,12 +4,17 @@
   text with this label's value blanked (``HASH_PLACEHOLDER``); ``verify_hash`` checks a
   definition file against it (``kit image inspect`` of a SIF, whose def it carries).
 - ``org.kit.provides``: directories an image brings, space-separated (``kit image build
-  --dsf`` sets ``/opt/dsf``); the container runtimes never bind a host directory over them.
+  --dsf`` sets ``/opt/dsf``); the container runtimes never bind a host directory over them
+  (``provided_dirs`` says which entries count: an image is untrusted input).
+
+A base-level module (ARCHITECTURE.md): the runtimes read these names, the image builder
+writes them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 
 RECIPE_HASH_LABEL = "org.kit.recipe.sha256"
@@ -24,3 +29,18 @@ def verify_hash(text: str) -> bool:
         return False
     blank = text.replace(m.group(1), HASH_PLACEHOLDER, 1)
     return hashlib.sha256(blank.encode()).hexdigest() == m.group(1)
+
+
+def provided_dirs(value: str) -> tuple[list[str], list[str]]:
+    """The directories an ``org.kit.provides`` label names that count, and those that do not.
+
+    An entry counts only as a normalised absolute path at least two components deep
+    (``/opt/dsf``): never ``/``, a top-level directory (``/tmp``, ``/home``), a path with ``..``
+    or ``.`` or a doubled or trailing ``/``. Anything broader would let an image's label keep
+    the bundle, the site's binds or a host checkout from being bound."""
+    good: list[str] = []
+    bad: list[str] = []
+    for d in str(value).split():
+        ok = d.startswith("/") and not d.startswith("//") and posixpath.normpath(d) == d and d.count("/") >= 2
+        (good if ok else bad).append(d)
+    return good, bad

@@ -10,12 +10,15 @@ import abc
 import hashlib
 import os
 import platform
+import posixpath
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from kit.hostinfo import cpu_model
-from kit.image.labels import PROVIDES_LABEL
+from kit.errors import KitError
+from kit.image.labels import PROVIDES_LABEL, provided_dirs
 from kit.registry import Registry
 
 _REGISTRY: Registry["Runtime"] = Registry("runtime", "--runtime",
@@ -36,6 +39,8 @@ _ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 PASS_PREFIXES = ("SLURM_", "OMPI_", "PMIX_", "PMI_", "PJM_", "PLE_", "FLIB_", "XOS_MMM_", "GLOO_", "OMP_COMM_")
 PASS_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK", "MASTER_ADDR",
               "MASTER_PORT", "TP_SOCKET_IFNAME", "QEMU_CPU")
+#: the (image, entry) pairs of an ignored ``org.kit.provides`` entry already warned about
+_WARNED: set[tuple[str, str]] = set()
 
 
 class Runtime(abc.ABC):
@@ -72,13 +77,14 @@ class Runtime(abc.ABC):
     def describe_program(self, rank_argv: list[str], *, workdir: Path, env: dict[str, str]) -> dict[str, Any]:
         """Provenance of the training program (``kit.provenance.program``), taken where its
         files are: on the host, or, for a workdir the image provides (``provides``), by the
-        image's own kit inside it."""
+        image's own kit inside it, which honours a staged tree's record only within the
+        directories the image provides."""
         from kit import provenance
 
         if not self.provides(workdir):
             return provenance.program(rank_argv, workdir=workdir, env=env)
         return provenance.program_inside(self.wrap([self.python], {}, cwd=workdir, binds=[]), rank_argv,
-                                         workdir=workdir, env=env,
+                                         workdir=workdir, env=env, provided=self.provided(),
                                          timeout=INVENTORY_TIMEOUT_S * (EMULATED_FACTOR if self.emulated() else 1))
 
     def emulated(self) -> bool:
@@ -90,24 +96,47 @@ class Runtime(abc.ABC):
         """The image's digest, labels and architecture; {} where there is no image."""
         return {}
 
+    def provided(self) -> list[str]:
+        """The directories the image brings (its label ``org.kit.provides``, e.g. ``/opt/dsf``
+        of a ``kit image build --dsf`` image), as far as they count
+        (``kit.image.labels.provided_dirs``); each entry that does not is named once on stderr."""
+        good, bad = provided_dirs(str((self.image_info().get("labels") or {}).get(PROVIDES_LABEL, "")))
+        for d in bad:
+            if (str(self.image), d) not in _WARNED:
+                _WARNED.add((str(self.image), d))
+                print(f"kit: warning: image {self.image}: label {PROVIDES_LABEL} entry {d!r} ignored (only a "
+                      f"normalised absolute path two or more levels deep counts, e.g. /opt/dsf)", file=sys.stderr)
+        return good
+
     def provides(self, path: str | Path) -> bool:
-        """Whether ``path`` lies in a directory the image brings (its label ``org.kit.provides``,
-        e.g. ``/opt/dsf`` of a ``kit image build --dsf`` image). Such a path is the image's: a
-        host directory of that path is never bound over it, and a recipe's workdir there need
-        not exist on the host."""
-        dirs = str((self.image_info().get("labels") or {}).get(PROVIDES_LABEL, "")).split()
+        """Whether the workdir or program path ``path`` lies in a directory the image brings
+        (``provided``). Such a path is the image's: the host's directory of that path is not
+        bound over it, and a recipe's workdir there need not exist on the host. Never asked of
+        the bundle directory or a site's binds: those are always bound."""
         p = str(path)
-        return any(p == d.rstrip("/") or p.startswith(d.rstrip("/") + "/") for d in dirs if d.startswith("/"))
+        if not p.startswith("/"):
+            return False
+        p = posixpath.normpath(p)
+        return any(p == d or p.startswith(d + "/") for d in self.provided())
+
+    def refuse_bundle_dir(self, out_dir: Path) -> None:
+        """A KitError (exit 2) when bundles would be written under a directory the image
+        provides: the bundle is bound from the host, over the image's own directory."""
+        p = posixpath.normpath(str(Path(out_dir).resolve()))
+        for d in self.provided():
+            if p == d or p.startswith(d + "/"):
+                raise KitError(f"the bundle directory {p} lies under {d}, which the image {self.image} provides "
+                               f"(label {PROVIDES_LABEL})", where="the results directory (--out)",
+                               fix=f"write the bundles outside {d} (--out DIR)")
 
     def container_paths(self, cwd: Path, binds: list[Path]) -> tuple[str, list[str]]:
-        """The working directory inside and the host directories to bind at the same path:
-        each resolved on the host, except a path the image provides (``provides``), which is
-        the image's own and is not bound."""
-        inside = str(cwd) if self.provides(cwd) else str(Path(cwd).resolve())
+        """The working directory inside and the host directories to bind at the same path,
+        each resolved on the host: every one of ``binds`` (the bundle, a site's binds), and
+        ``cwd`` unless the image provides it (``provides``): then it is the image's own."""
+        provided = self.provides(cwd)
+        inside = posixpath.normpath(str(cwd)) if provided else str(Path(cwd).resolve())
         out: list[str] = []
-        for b in [*binds, cwd]:
-            if self.provides(b):
-                continue
+        for b in [*binds, *([] if provided else [cwd])]:
             p = str(Path(b).resolve())
             if p not in out and p != "/":
                 out.append(p)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kit.errors import KitError
+from kit.provenance import marker_json
 from kit.runtimes.base import PASS_NAMES, PASS_PREFIXES, Runtime, register
 
 PROBE_SCRIPT = r"""
@@ -79,17 +80,9 @@ DOCKER_NAMES = (*PASS_NAMES, "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "S
 
 
 def run_probe(prefix: list[str], timeout: float = 300) -> dict[str, Any]:
-    """What the CPU looks like from inside (machine, CPU model, SVE, emulation)."""
-    import json
-
-    try:
-        proc = subprocess.run([*prefix, "-c", PROBE_SCRIPT], capture_output=True, text=True, timeout=timeout)
-    except (OSError, subprocess.SubprocessError) as e:
-        return {"error": str(e)}
-    for line in proc.stdout.splitlines():
-        if line.startswith("KIT-PROBE-JSON "):
-            return json.loads(line.split(" ", 1)[1])
-    return {"error": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
+    """What the CPU looks like from inside (machine, CPU model, SVE, emulation); the image's
+    answer is read as any other (``kit.provenance.marker_json``: capped, depth-checked)."""
+    return marker_json([*prefix, "-c", PROBE_SCRIPT], "KIT-PROBE-JSON", timeout=timeout)
 
 
 def rewrite_preload(value: str, image_tcmalloc: str | None) -> str:
