@@ -28,8 +28,8 @@ munge_ok() { command -v munge >/dev/null && munge -n </dev/null 2>/dev/null | un
 
 start_munge() {
     if munge_ok; then return 0; fi
-    mkdir -p /run/munge /var/log/munge /var/lib/munge
-    chown munge:munge /run/munge /var/log/munge /var/lib/munge
+    mkdir -p /run/munge /var/log/munge /var/lib/munge || return 1
+    chown munge:munge /run/munge /var/log/munge /var/lib/munge || return 1
     if [[ ! -s /etc/munge/munge.key ]]; then
         log "creating /etc/munge/munge.key"
         mkdir -p /etc/munge
@@ -50,14 +50,18 @@ start_munge() {
 # cons_tres by core, no accounting, ended jobs kept an hour. Every name is required: title (the
 # first comment), cluster (ClusterName), ctl (SlurmctldHost), state (StateSaveLocation), spool
 # (SlurmdSpoolDir), pids (the pid files' directory), logs (the log files' directory), slurmd_log
-# (slurmd's log file there), kill_wait (KillWait).
+# (slurmd's log file there), kill_wait (KillWait); a missing or empty one is refused (return 2,
+# nothing printed), as is an unknown one.
 slurm_conf() {
-    local kv title cluster ctl state spool pids logs slurmd_log kill_wait
+    local kv n title cluster ctl state spool pids logs slurmd_log kill_wait
     for kv in "$@"; do
         case ${kv%%=*} in
             title|cluster|ctl|state|spool|pids|logs|slurmd_log|kill_wait) local "$kv" ;;
             *) log "slurm_conf: unknown setting ${kv%%=*}"; return 2 ;;
         esac
+    done
+    for n in title cluster ctl state spool pids logs slurmd_log kill_wait; do
+        [[ -n ${!n:-} ]] || { log "slurm_conf: setting $n is missing (give $n=VALUE)"; return 2; }
     done
     cat <<EOF
 # $title
@@ -89,18 +93,21 @@ InactiveLimit=0
 EOF
 }
 
+# write_conf: $CONF, whole or not at all (a failure returns 1 also when sourced, without set -e,
+# and leaves no half file that a later `start` would take for a written one)
 write_conf() {
     local mem
-    mem=$(awk '/MemTotal/ {printf "%d", $2/1024*0.85}' /proc/meminfo)
-    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log"
+    mem=$(awk '/MemTotal/ {printf "%d", $2/1024*0.85}' /proc/meminfo) && [[ -n $mem ]] ||
+        { log "cannot read MemTotal from /proc/meminfo"; return 1; }
+    mkdir -p "$DIR/state" "$DIR/spool" "$DIR/log" || return 1
     {
         slurm_conf title="one-node test cluster written by .ci/slurm.sh" cluster=kitci ctl=localhost \
-            state="$DIR/state" spool="$DIR/spool" pids="$DIR" logs="$DIR/log" slurmd_log=slurmd.log kill_wait=10
-        echo "SlurmctldPort=${KIT_SLURMCTLD_PORT:-6817}"
-        echo "SlurmdPort=${KIT_SLURMD_PORT:-6818}"
-        echo "NodeName=localhost CPUs=$(nproc) RealMemory=$mem State=UNKNOWN"
-        echo "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"
-    } >"$CONF"
+            state="$DIR/state" spool="$DIR/spool" pids="$DIR" logs="$DIR/log" slurmd_log=slurmd.log kill_wait=10 &&
+            printf '%s\n' "SlurmctldPort=${KIT_SLURMCTLD_PORT:-6817}" "SlurmdPort=${KIT_SLURMD_PORT:-6818}" \
+                "NodeName=localhost CPUs=$(nproc) RealMemory=$mem State=UNKNOWN" \
+                "PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP"
+    } >"$CONF.tmp" || { rm -f "$CONF.tmp"; log "could not write $CONF"; return 1; }
+    mv "$CONF.tmp" "$CONF" || return 1
 }
 
 ready() {
@@ -111,13 +118,13 @@ ready() {
 start() {
     [[ $(id -u) == 0 ]] || { log "needs root"; return 1; }
     command -v slurmctld >/dev/null || { log "slurmctld not installed (apt-get install slurm-wlm munge)"; return 1; }
-    mkdir -p "$DIR"
+    mkdir -p "$DIR" || return 1
     if alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && ready; then
         echo "export SLURM_CONF=$CONF"
         return 0
     fi
     start_munge || return 1
-    [[ -f $CONF ]] || write_conf
+    [[ -f $CONF ]] || write_conf || return 1
     alive "$DIR/slurmctld.pid" || slurmctld -f "$CONF"
     alive "$DIR/slurmd.pid" || slurmd -f "$CONF" -N localhost
     for _ in $(seq 100); do ready && break; sleep 0.2; done

@@ -290,9 +290,11 @@ def cancel(bundle: Annotated[Path, typer.Argument(help="bundle directory of a ba
 
     Waits for the job manager to end the job (up to $KIT_CANCEL_WAIT_S, 120 s), then collects
     it as `kit collect` does; what the run logged is kept. Exit 0 with "already ended" when the
-    job had ended (or the bundle is final): nothing is cancelled. Exit 2 for a bundle that is
-    not a batch run; 4 when the job has not ended in time (`kit collect` it later); otherwise
-    as for `kit run` (130: interrupted).
+    job manager says the job had ended: nothing is cancelled. A bundle already final is left as
+    it is, but its job is cancelled if it still holds its nodes (exit 0). A job whose state is
+    unknown is cancelled too, but collected only once the job manager says how it ended. Exit 2
+    for a bundle that is not a batch run; 4 when the job has not ended in time or its state is
+    unknown (`kit collect` it later); otherwise as for `kit run` (130: interrupted).
     """
     from kit import jobs
 

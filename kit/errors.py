@@ -15,8 +15,8 @@ Exit codes, for every command (the README's table is this one):
 3     STALLED: ``kit run``: no progress within the stall timeout; ``kit reproduce``: the new
       run itself failed or stalled
 4     NOT_READY: the command's precondition does not hold: ``kit collect``: the job has not
-      ended (``kit cancel``: not within its wait); ``kit reproduce``: the environment could
-      not be matched
+      ended, or its state is unknown (``kit cancel``: not within its wait, or its state
+      unknown); ``kit reproduce``: the environment could not be matched
 130   INTERRUPTED: SIGINT/SIGTERM/SIGHUP; the ranks were stopped and the bundle finalized
       (``kit collect``/``kit cancel``: the job was cancelled or ran out of time)
 ====  =========================================================================================

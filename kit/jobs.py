@@ -13,13 +13,17 @@ The life of a batch run, all in one bundle directory::
     kit status B                     the job's state (pending/running/ended) and the bundle's
     kit cancel B                     cancels the job (scancel, pjdel), waits for it to end, then
                                      collects it as below: interrupted, with the job manager's reason
+                                     (a final bundle's job still holding its nodes is cancelled only)
     kit collect B                    after the job: folds in the scheduler's output/statistics
                                      files; if the job died before the kit could finalize
                                      (killed, time limit, node failure), finalizes the bundle as
                                      interrupted/failed with the scheduler's reason, keeping the
                                      partial logs and whatever iterations were logged
 
-``kit run --wait`` polls the job and collects it when it ends.
+``kit run --wait`` polls the job and collects it when it ends. A job whose state the job
+manager cannot give (its commands fail) is ``unknown`` and not ended: it is waited for, not
+collected; one the job manager no longer lists is ``unknown`` and ended: ``kit collect``
+finalizes it, ``kit cancel`` does not (it cannot tell whether the cancel ended it).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 from rich.console import Console
 
 from kit import bundle as bundle_mod, bundle_reader, energy, hostinfo, known_bad, launchers, proc, reaper, redact, runtimes, schedulers
+from kit.envvars import Seconds
 from kit.bundle import FINAL_STATUSES, Bundle
 from kit.bundle_reader import BundleReadError
 from kit.errors import EXIT_NOT_READY, KitError
@@ -59,13 +64,14 @@ STACKS_REQUEST = "stacks.request"  # in monitor/: the head node asks every job-m
 STACKS_TAKEN = "monitor/stacks"  # each job-monitor's answer: <host>.json, {rank: how the stack was taken}
 STACKS_POLL_S = 1.0  # how often a job-monitor looks for that request
 STACKS_WAIT_S = 30.0  # how long the head node waits for the other nodes' stacks
-POLL_S = float(os.environ.get("KIT_POLL_S", "5"))
+#: how often `kit run --wait`, `kit collect --wait` and `kit cancel` ask the job manager about the job
+POLL = Seconds("KIT_POLL_S", 5.0)
 #: how long `kit cancel` waits for the job manager to call a cancelled job ended
-CANCEL_WAIT_S = float(os.environ.get("KIT_CANCEL_WAIT_S", "120"))
+CANCEL_WAIT = Seconds("KIT_CANCEL_WAIT_S", 120.0)
 #: how long `kit collect` lets the kit inside an ended job finish finalizing the bundle itself
-COLLECT_GRACE_S = float(os.environ.get("KIT_COLLECT_GRACE_S", "60"))
+COLLECT_GRACE = Seconds("KIT_COLLECT_GRACE_S", 60.0)
 #: files the job manager writes into the bundle's logs, possibly after the kit finalized it
-SCHEDULER_FILES = re.compile(r"^logs/(slurm-\d+\.out|pjm\.[\w\[\]]+\.(out|stats|acct))$")
+SCHEDULER_FILES = re.compile(r"^logs/(slurm-[0-9]+\.out|pjm\.[\w\[\]]+\.(out|stats|acct))$", re.ASCII)
 
 
 # -- submission -----------------------------------------------------------------------------
@@ -73,6 +79,8 @@ def submit(plan: Plan, b: Bundle, launcher: Scheduler, console: Console):
     """Write the job script into the bundle, submit it, record the job id; wait if asked."""
     path = b.path.resolve()
     try:
+        # read before anything is submitted: a bad value must not strand a queued job
+        poll_s, grace_s = (POLL.get(), COLLECT_GRACE.get()) if plan.job.wait else (None, None)
         launcher.check_job_python(plan)
         script = b.write_text(JOB_SCRIPT, launcher.render(plan, path, warnings=known_bad.script_warnings(plan)))
         script.chmod(0o755)
@@ -91,11 +99,14 @@ def submit(plan: Plan, b: Bundle, launcher: Scheduler, console: Console):
         console.print(f"follow it with `kit status {b.path}`; `kit collect {b.path}` once it ends",
                       highlight=False, soft_wrap=True)
         return Outcome(status="submitted", reason=reason, bundle=b)
-    return wait(b.path, console)
+    return wait(b.path, console, poll_s=poll_s, grace_s=grace_s)
 
 
-def wait(bundle_dir: Path, console: Console, *, poll_s: float | None = None):
-    """Poll the bundle's job until it ends, then collect it."""
+def wait(bundle_dir: Path, console: Console, *, poll_s: float | None = None, grace_s: float | None = None):
+    """Poll the bundle's job until it ends (a job whose state the job manager cannot give is
+    waited for), then collect it. ``poll_s``, ``grace_s``: default $KIT_POLL_S, $KIT_COLLECT_GRACE_S."""
+    poll_s = POLL.get() if poll_s is None else poll_s
+    grace_s = COLLECT_GRACE.get() if grace_s is None else grace_s
     job = _job(bundle_dir)
     launcher = schedulers.get(job["launcher"])
     last = None
@@ -107,8 +118,8 @@ def wait(bundle_dir: Path, console: Console, *, poll_s: float | None = None):
             last = st.state
         if st.ended:
             break
-        time.sleep(poll_s if poll_s is not None else POLL_S)
-    return collect(bundle_dir, console, state=st)
+        time.sleep(poll_s)
+    return collect(bundle_dir, console, state=st, grace_s=grace_s)
 
 
 # -- inside the job -------------------------------------------------------------------------
@@ -389,46 +400,96 @@ def status(bundle_dir: Path) -> dict[str, Any]:
 
 
 def cancel(bundle_dir: Path, console: Console, *, wait_s: float | None = None):
-    """``kit cancel``: cancel a submitted bundle's batch job through its scheduler (scancel,
-    pjdel), wait up to ``wait_s`` for the job manager to call it ended, and finalize the bundle
-    as ``kit collect`` does (interrupted, the job manager's reason, partial logs kept; a job the
-    kit inside had started is finalized by that kit, on the signal the job manager sends).
+    """``kit cancel``: cancel a bundle's batch job through its scheduler (scancel, pjdel), wait
+    up to ``wait_s`` (default $KIT_CANCEL_WAIT_S) for the job manager to call it ended, and
+    finalize the bundle as ``kit collect`` does (interrupted, the job manager's reason, partial
+    logs kept; a job the kit inside had started is finalized by that kit, on the signal the job
+    manager sends).
 
-    A bundle that is not a batch job is a KitError (exit 2). A job that already ended, or a
-    bundle already final, is left as it is: 0, saying "already ended". Returns an Outcome, or
-    an exit code (``EXIT_NOT_READY`` when the job has not ended within ``wait_s``).
+    The cancel is sent unless the job manager says how the job ended (completed, failed,
+    cancelled, timeout): also when its state is unknown (cancelling an ended job is harmless),
+    and the bundle is collected only once the job manager says how the job ended. A bundle
+    already final is not finalized again, but its job, if still pending or running (the bundle
+    was finalized after a stall, or collected after a node failure, while the job script holds
+    the nodes), is cancelled.
+
+    A bundle that is not a batch job is a KitError (exit 2). A job that had ended is left as it
+    is: 0, saying "already ended"; so is the job of a final bundle, once cancelled. Returns an
+    Outcome, or an exit code (``EXIT_NOT_READY`` when the job has not ended within ``wait_s``,
+    or the job manager cannot say how it ended).
     """
     bundle_dir = Path(bundle_dir)
     job = _job(bundle_dir)  # through the reader, the job id checked against the scheduler's form
     scheduler = schedulers.get(job["launcher"])
+    wait_s = CANCEL_WAIT.get() if wait_s is None else wait_s
+    poll_s, grace_s = POLL.get(), COLLECT_GRACE.get()
     what = f"{job['launcher']} job {job['job_id']}"
     m = bundle_mod.read_manifest(bundle_dir)
-    if m.status in FINAL_STATUSES:
-        console.print(f"{what} already ended: the bundle is final ({m.status}); nothing to cancel",
-                      highlight=False, markup=False, soft_wrap=True)
-        return 0
+    final = m.status in FINAL_STATUSES
+    then = f"the bundle is final ({m.status})" if final else f"`kit collect {bundle_dir}` finalizes the bundle"
     st = scheduler.poll(job["job_id"])
-    if st.ended:
-        console.print(f"{what} already ended ({st.state}); nothing to cancel: `kit collect {bundle_dir}` "
-                      f"finalizes the bundle", highlight=False, markup=False, soft_wrap=True)
+    if st.known_ended or (final and st.ended):
+        _say(console, f"{what} already ended ({st.state}); nothing to cancel: {then}")
+        return 0
+    code = _send_cancel(scheduler, job, what, bundle_dir, final, then, console)
+    if code is not None:
+        return code
+    now = f"its state was unknown ({st.reason})" if st.state == "unknown" else f"it was still {st.state}"
+    if final:  # the bundle was finalized without the job: free its nodes, keep the bundle as it is
+        _say(console, f"{what} cancelled with {job['launcher']}'s cancel command: {now} although its bundle is "
+                      f"final ({m.status}); the bundle is left as it is")
         return 0
     # still queued, and the kit never marked the bundle running: no kit in the job to wait for
     never_started = st.state == "pending" and m.status == "submitted"
-    scheduler.cancel(job["job_id"])
-    console.print(f"{what} cancelled with {job['launcher']}'s cancel command; waiting for it to end",
-                  highlight=False, markup=False)
-    deadline = time.monotonic() + (CANCEL_WAIT_S if wait_s is None else wait_s)
-    while not st.ended and time.monotonic() < deadline:
-        time.sleep(POLL_S)
+    _say(console, f"{what} cancelled with {job['launcher']}'s cancel command; waiting for it to end")
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        time.sleep(poll_s)
         st = scheduler.poll(job["job_id"])
-    if not st.ended:
-        console.print(f"{what} has not ended yet ({st.state}); `kit collect {bundle_dir}` once it has",
-                      highlight=False, markup=False, soft_wrap=True)
+        if st.ended:  # how, or no longer listed (it will not be listed again)
+            break
+    if not st.known_ended:
+        if st.state != "unknown":
+            _say(console, f"{what} has not ended yet ({st.state}); `kit collect {bundle_dir}` once it has")
+        elif st.ended:
+            _say(console, f"{what}: the job manager no longer lists it ({st.reason}), so how it ended is unknown "
+                          f"and the bundle is not collected: `kit collect {bundle_dir}` finalizes it as such")
+        else:
+            _say(console, f"{what}: its state is unknown ({st.reason}), so the bundle is not collected: "
+                          f"`kit collect {bundle_dir}` once the job manager says the job has ended")
         return EXIT_NOT_READY
     by = f"cancelled with kit cancel on {socket.gethostname()}"
     return collect(bundle_dir, console, state=JobState(st.state, True, st.exit_code,
                                                        reason=f"{by}; {st.reason}" if st.reason else by),
-                   grace_s=0 if never_started else None)
+                   grace_s=0 if never_started else grace_s)
+
+
+def _send_cancel(scheduler: Scheduler, job: dict[str, Any], what: str, bundle_dir: Path, final: bool, then: str,
+                 console: Console) -> int | None:
+    """Ask the job manager to cancel the job: None once asked. When it refuses, ``kit cancel``'s
+    exit code: 0 when the job has ended meanwhile, 4 when its state is unknown; a KitError
+    (exit 2) when the job is still pending or running."""
+    try:
+        scheduler.cancel(job["job_id"])
+        return None
+    except KitError as e:
+        st = scheduler.poll(job["job_id"])
+        if st.known_ended or (final and st.ended):
+            _say(console, f"{what} already ended ({st.state}); nothing to cancel: {then}")
+            return 0
+        if st.state != "unknown":
+            raise
+        if st.ended:
+            _say(console, f"{what}: the job manager no longer lists it ({st.reason}) and refused the cancel ({e}); "
+                          f"how it ended is unknown: {then}")
+        else:
+            _say(console, f"{what}: its state is unknown ({st.reason}) and the cancel failed ({e}); nothing was "
+                          f"cancelled: `kit cancel {bundle_dir}` again once the job manager answers")
+        return EXIT_NOT_READY
+
+
+def _say(console: Console, text: str) -> None:
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None, grace_s: float | None = None):
@@ -455,8 +516,9 @@ def collect(bundle_dir: Path, console: Console, *, state: JobState | None = None
     launcher = schedulers.get(job["launcher"])
     st = state or launcher.poll(job["job_id"])
     if not st.ended:
-        console.print(f"{job['launcher']} job {job['job_id']} has not ended ({st.state}); collect it when it has, "
-                      f"or use `kit run --wait` next time", highlight=False, soft_wrap=True)
+        now = f"its state is unknown ({st.reason})" if st.state == "unknown" else f"it has not ended ({st.state})"
+        console.print(f"{job['launcher']} job {job['job_id']}: {now}; collect it when it has ended, "
+                      f"or use `kit run --wait` next time", highlight=False, markup=False, soft_wrap=True)
         return EXIT_NOT_READY
     # the job manager may call the job ended (cancelled, out of time) while the kit inside it
     # is still stopping the ranks and finalizing: let it, rather than finalize twice
@@ -475,7 +537,7 @@ def _job_kit_gone(job: dict[str, Any]) -> bool:
 
 def _await_job_kit(bundle_dir: Path, job: dict[str, Any], grace_s: float | None = None) -> None:
     """Wait, up to ``grace_s``, for the bundle of an ended job to be finalized by its own kit."""
-    deadline = time.monotonic() + (COLLECT_GRACE_S if grace_s is None else grace_s)
+    deadline = time.monotonic() + (COLLECT_GRACE.get() if grace_s is None else grace_s)
     while time.monotonic() < deadline and not _job_kit_gone(job):
         if bundle_mod.read_manifest(bundle_dir).status in FINAL_STATUSES:
             return

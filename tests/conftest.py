@@ -39,12 +39,31 @@ def load(bundle: Path, name: str) -> dict:
 FAST = ["--set", "train.iters=6", "--set", "train.warmup_iters=1"]
 
 
-def submit_long_run(launcher: str, env: dict, out: Path) -> Path:
-    """A 500-iteration ``tiny`` run submitted with ``--launcher LAUNCHER`` (slurm, pjm): its bundle."""
-    proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", launcher, "--set", "train.iters=500",
-                   "--out", str(out), env=env)
-    assert proc.returncode == 0, proc.stderr
-    return bundle_from_output(proc.stdout)
+#: a run that does not end by itself however fast the machine (the test ends it); the job's
+#: time limit (Slurm) ends one a failed test left behind, and so does `long_run`'s teardown
+LONG_RUN = ["--set", "train.iters=10000000", "--time", "00:20:00"]
+
+
+@pytest.fixture
+def long_run():
+    """``long_run(LAUNCHER, ENV, OUT)``: a ``tiny`` run that does not end by itself, submitted
+    with ``--launcher LAUNCHER`` (slurm, pjm); its bundle. Each job it submitted is cancelled
+    (scancel, pjdel) after the test, whatever the test did: an endless job must not outlive it."""
+    submitted: list[tuple[str, dict, Path]] = []
+
+    def submit(launcher: str, env: dict, out: Path) -> Path:
+        proc = kit_cli("run", "tiny", "--preset", "baseline", "--launcher", launcher, *LONG_RUN, "--out", str(out),
+                       env=env)
+        assert proc.returncode == 0, proc.stderr
+        b = bundle_from_output(proc.stdout)
+        submitted.append((launcher, env, b))
+        return b
+
+    yield submit
+    for launcher, env, b in submitted:
+        job_id = load(b, "job/job.json")["job_id"]
+        subprocess.run(["scancel" if launcher == "slurm" else "pjdel", job_id], env={**os.environ, **env},
+                       capture_output=True, timeout=60)
 
 
 def wait_for_iteration(bundle: Path, timeout_s: float = 300) -> None:

@@ -133,8 +133,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("kit.schedulers", "kit.schedulers.", "kit.launchers", "kit.launchers.", "kit.runtimes", "kit.runtimes."),
     ("kit.monitor", "kit.energy", "kit.reaper", "kit.logparse", "kit.claim", "kit.proc", "kit.progress"),
     ("kit.bundle", "kit.bundle_reader", "kit.provenance", "kit.signing"),
-    ("kit", "kit.errors", "kit.registry", "kit.redact", "kit.textsafe", "kit.digest", "kit.locks", "kit.engines",
-     "kit.metricdefs", "kit.configfile", "kit.catalog", "kit.flops", "kit.verdict", "kit.hostinfo", "kit.allocator",
+    ("kit", "kit.errors", "kit.envvars", "kit.registry", "kit.redact", "kit.textsafe", "kit.digest", "kit.locks",
+     "kit.engines", "kit.metricdefs", "kit.configfile", "kit.catalog", "kit.flops", "kit.verdict", "kit.hostinfo", "kit.allocator",
      "kit.rankenv", "kit.rankexec", "kit.image", "kit.image.labels", "kit.image.inspect", "kit.image.spy"),
 ]
 RESULTS_READ_ONLY = ("kit.runner", "kit.execute", "kit.finalize", "kit.jobs", "kit.sweep", "kit.reproduce", "kit.repeat")

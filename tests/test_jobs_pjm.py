@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import FAST, bundle_from_output, kit_cli, load, submit_long_run, wait_for_iteration
+from conftest import FAST, bundle_from_output, kit_cli, load, wait_for_iteration
 from kit.bundle import read_manifest, verify
 
 pytestmark = [pytest.mark.slow]
@@ -35,8 +35,8 @@ def test_pjm_two_ranks_wait(pjm_standins, tmp_path):
     assert any(f.endswith(".stats") for f in files)  # written after the kit finalized, folded in
 
 
-def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
-    b = submit_long_run("pjm", pjm_standins, tmp_path)
+def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path, long_run):
+    b = long_run("pjm", pjm_standins, tmp_path)
     job_id = load(b, "job/job.json")["job_id"]
     wait_for_iteration(b)
     import subprocess
@@ -53,8 +53,8 @@ def test_pjm_job_deleted_is_interrupted(pjm_standins, tmp_path):
     assert "collected_by" not in load(b, "provenance.json")["job"]
 
 
-def test_kit_cancel_interrupts_a_running_pjm_job(pjm_standins, tmp_path):
-    b = submit_long_run("pjm", pjm_standins, tmp_path)
+def test_kit_cancel_interrupts_a_running_pjm_job(pjm_standins, tmp_path, long_run):
+    b = long_run("pjm", pjm_standins, tmp_path)
     job_id = load(b, "job/job.json")["job_id"]
     wait_for_iteration(b)
     out = kit_cli("cancel", str(b), env=pjm_standins, timeout=300)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from conftest import FAST, bundle_from_output, kit_cli, load, submit_long_run, wait_for_iteration
+from conftest import FAST, bundle_from_output, kit_cli, load, wait_for_iteration
 from kit.bundle import read_manifest, verify
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -45,9 +47,9 @@ def test_slurm_two_ranks_wait(slurm_cluster, tmp_path):
     assert any(f.startswith("logs/slurm-") for f in read_manifest(b).files)
 
 
-def test_slurm_job_killed_before_finalize_is_collected(slurm_cluster, tmp_path):
+def test_slurm_job_killed_before_finalize_is_collected(slurm_cluster, tmp_path, long_run):
     """The kit inside the job dies (SIGKILL, like a node failure): `kit collect` finalizes from what is left."""
-    b = submit_long_run("slurm", slurm_cluster, tmp_path)
+    b = long_run("slurm", slurm_cluster, tmp_path)
     assert read_manifest(b).status == "submitted"
     st = kit_cli("status", str(b), env=slurm_cluster)
     assert "job " in st.stdout and st.returncode == 0
@@ -67,8 +69,8 @@ def test_slurm_job_killed_before_finalize_is_collected(slurm_cluster, tmp_path):
     assert json.loads((b / "provenance.json").read_text())["job"]["collected_by"] == "kit collect"
 
 
-def test_kit_cancel_of_a_running_slurm_job_interrupts_it(slurm_cluster, tmp_path):
-    b = submit_long_run("slurm", slurm_cluster, tmp_path)
+def test_kit_cancel_of_a_running_slurm_job_interrupts_it(slurm_cluster, tmp_path, long_run):
+    b = long_run("slurm", slurm_cluster, tmp_path)
     job_id = load(b, "job/job.json")["job_id"]
     wait_for_iteration(b)
     out = kit_cli("cancel", str(b), env=slurm_cluster, timeout=300)
@@ -104,3 +106,89 @@ def test_kit_cancel_of_a_pending_slurm_job_finalizes_it_before_it_starts(slurm_c
         assert load(b, "provenance.json")["job"]["collected_by"] == "kit collect"
     finally:
         subprocess.run(["scancel", blocker], env=env, capture_output=True)
+
+
+def _sleep_job(env: dict, *extra: str) -> str:
+    """A plain Slurm job that sleeps ten minutes (scancel it): its id."""
+    return subprocess.run(["sbatch", "--parsable", "--output", "/dev/null", *extra, "--wrap", "sleep 600"], env=env,
+                          capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+
+
+def _final_bundle_of(out, job_id: str):
+    """A final bundle (stalled, as the kit in a job finalizes a stall) whose job record names ``job_id``."""
+    from kit.bundle import Bundle
+    from synthetic_bundle import make_bundle
+
+    b = make_bundle(out)
+    (b / "job").mkdir()
+    (b / "job" / "job.json").write_text(json.dumps({"launcher": "slurm", "job_id": job_id}))
+    Bundle.open(b).finalize("stalled", "no progress for 600 s")
+    return b
+
+
+def test_kit_cancel_of_a_final_bundle_whose_job_still_runs_scancels_it(slurm_cluster, tmp_path):
+    env = {**os.environ, **slurm_cluster}
+    job_id = _sleep_job(env)
+    try:
+        b = _final_bundle_of(tmp_path / "r", job_id)
+        manifest = (b / "manifest.json").read_bytes()
+        out = kit_cli("cancel", str(b), env=slurm_cluster)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert f"slurm job {job_id} cancelled with slurm's cancel command" in out.stdout
+        assert "the bundle is left as it is" in " ".join(out.stdout.split())
+        state = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True, text=True).stdout
+        assert "JobState=CANCELLED" in state, state
+        assert (b / "manifest.json").read_bytes() == manifest and verify(b).ok
+    finally:
+        subprocess.run(["scancel", job_id], env=env, capture_output=True)
+
+
+def _controller_down(slurm_cluster: dict, tmp_path) -> dict:
+    """The test cluster's slurm.conf with its controller moved to a port nothing listens on
+    (and short client timeouts): Slurm's commands fail as when the controller is down."""
+    conf = Path(slurm_cluster["SLURM_CONF"]).read_text()
+    conf = re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=6999", conf) + "MessageTimeout=1\nTCPTimeout=1\n"
+    (tmp_path / "down.conf").write_text(conf)
+    return {**slurm_cluster, "SLURM_CONF": str(tmp_path / "down.conf")}
+
+
+def test_a_job_slurm_cannot_be_asked_about_is_unknown_not_ended(slurm_cluster, tmp_path, monkeypatch):
+    from kit import schedulers
+
+    env = {**os.environ, **slurm_cluster}
+    job_id = _sleep_job(env)
+    try:
+        monkeypatch.setenv("SLURM_CONF", _controller_down(slurm_cluster, tmp_path)["SLURM_CONF"])
+        st = schedulers.get("slurm").poll(job_id)
+        assert (st.state, st.ended) == ("unknown", False), st
+        assert f"could not ask Slurm about job {job_id}: squeue: " in st.reason
+        assert "Unable to contact slurm controller" in st.reason
+        monkeypatch.setenv("SLURM_CONF", slurm_cluster["SLURM_CONF"])
+        assert schedulers.get("slurm").poll(job_id).state in ("pending", "running")
+        # the controller answers, and does not know the job: it is not queued nor running
+        gone = schedulers.get("slurm").poll("99999999")
+        assert (gone.state, gone.ended) == ("unknown", True) and "Slurm no longer knows job" in gone.reason
+    finally:
+        subprocess.run(["scancel", job_id], env=env, capture_output=True)
+
+
+def test_kit_cancel_and_collect_with_the_controller_down_do_not_finalize(slurm_cluster, tmp_path):
+    env = {**os.environ, **slurm_cluster}
+    job_id = _sleep_job(env)
+    try:
+        from kit.bundle import Bundle
+
+        b = Bundle.create(tmp_path / "r", recipe="tiny", preset="baseline")
+        b.write_json("job/job.json", {"launcher": "slurm", "job_id": job_id})
+        b.set_status("running", f"slurm job {job_id} running")
+        down = _controller_down(slurm_cluster, tmp_path)
+        out = kit_cli("cancel", str(b.path), env=down)
+        assert out.returncode == 4, out.stdout + out.stderr
+        text = " ".join(out.stdout.split())
+        assert f"slurm job {job_id}: its state is unknown (could not ask Slurm about job {job_id}" in text
+        assert "and the cancel failed" in text and "already ended" not in text
+        col = kit_cli("collect", str(b.path), env=down)
+        assert col.returncode == 4 and "its state is unknown" in col.stdout, col.stdout + col.stderr
+        assert read_manifest(b.path).status == "running"
+    finally:
+        subprocess.run(["scancel", job_id], env=env, capture_output=True)

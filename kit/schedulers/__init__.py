@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import abc
 import re
+import shlex
+import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +34,40 @@ names = _REGISTRY.names
 
 @dataclass
 class JobState:
-    """What a batch job is doing: pending, running, or ended (and how)."""
+    """What a batch job is doing: pending, running, or ended (and how).
+
+    ``unknown`` is either of two things, told apart by ``ended``: the job manager answered but
+    no longer lists the job (``ended`` True: it is neither queued nor running, how it ended is
+    not known), or it could not be asked (``ended`` False: its commands failed, e.g. the
+    controller is down; the job may still be running). ``reason`` says which.
+    """
     state: str  # pending | running | completed | failed | cancelled | timeout | unknown
     ended: bool
     exit_code: int | None = None
     reason: str = ""
+
+    @property
+    def known_ended(self) -> bool:
+        """Ended, in a state the job manager named (completed, failed, cancelled, timeout)."""
+        return self.ended and self.state != "unknown"
+
+
+def run_command(argv: list[str], *, timeout: float, where: str, fix: str) -> subprocess.CompletedProcess:
+    """Run one of the job manager's commands (sbatch, squeue, pjstat, pjdel, ...), its output
+    captured. A KitError, one line naming the command, when it is not on PATH (with ``fix``) or
+    does not answer within ``timeout`` seconds."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise KitError(f"{argv[0]} was not found on PATH", where=where, fix=fix) from None
+    except subprocess.TimeoutExpired:
+        raise KitError(f"`{shlex.join(argv)}` did not answer within {timeout:g} s", where=where,
+                       fix="the job manager may be down or overloaded: try again later") from None
+
+
+def failure_line(r: subprocess.CompletedProcess) -> str:
+    """What a job manager's command that failed said: the first line of its error output, or its exit code."""
+    return ((r.stderr or r.stdout).strip().splitlines() or [f"exit code {r.returncode}"])[0]
 
 
 class Scheduler(abc.ABC):
@@ -44,14 +75,15 @@ class Scheduler(abc.ABC):
     #: the launcher (kit.launchers) that starts the ranks inside the job
     launcher: ClassVar[str] = "?"
     #: what this scheduler's job ids look like; a job id read from a bundle is checked against
-    #: it (``check_job_id``) before it reaches a command
-    job_id_pattern: ClassVar[re.Pattern[str]] = re.compile(r"\d+")
+    #: it (``check_job_id``) before it reaches a command, and so is the id a submission returns.
+    #: ASCII digits ([0-9]): ``\d`` would also take other scripts' digits ('١٢٣')
+    job_id_pattern: ClassVar[re.Pattern[str]] = re.compile(r"[0-9]+")
 
-    def check_job_id(self, job_id: str, where: str) -> str:
+    def check_job_id(self, job_id: str, where: str,
+                     fix: str = "the bundle's job record is damaged; see `kit bundle verify`") -> str:
         """``job_id`` when it is one of this scheduler's job ids, else a KitError naming ``where``."""
         if not self.job_id_pattern.fullmatch(job_id):
-            raise KitError(f"{job_id!r} is not a {self.name} job id", where=where,
-                           fix="the bundle's job record is damaged; see `kit bundle verify`")
+            raise KitError(f"{job_id!r} is not a {self.name} job id", where=where, fix=fix)
         return job_id
 
     def validate(self, plan: Any) -> None:

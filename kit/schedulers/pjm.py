@@ -19,7 +19,8 @@ to 0 there). Inside the job, ``kit job-run`` starts the ranks with Fujitsu MPI's
 ``mpiexec -std-proc`` (one output file per rank; the exact line is written into the script
 as a comment), watches them, checks the frequency it sees against the one requested, and
 finalizes the bundle. ``pjsub`` prints the job id; ``pjstat`` (and ``pjstat -H`` for ended
-jobs) give its state, the statistics file (``-S``, written next to the job's output in
+jobs) give its state (``unknown`` and ended when neither lists the job; ``unknown`` and not
+ended when either fails), the statistics file (``-S``, written next to the job's output in
 the bundle's logs) the exit code and the job manager's reason.
 """
 
@@ -29,7 +30,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,14 +39,15 @@ from kit.bundle_reader import BundleReadError
 from kit.errors import KitError
 from kit.launchers.common import flavour, kit_command, mpiexec_argv
 from kit.launchers.mpirun import MpirunLauncher
-from kit.schedulers import JobState, Scheduler, register
+from kit.schedulers import JobState, Scheduler, failure_line, register, run_command
 
 A64FX_CORES = 48  # compute cores per node (4 CMGs of 12)
 RETENTION_MAX_NODES = 9216
 SMALL_MAX_NODES = 384  # Fugaku's "small" resource group; above it "large"
 
-_JOB_ID = r"\d+(?:\[\d+\])?"  # a job, or a bulk job's sub-job (ID[N])
-_SUBMITTED = re.compile(rf"Job\s+({_JOB_ID})\s+submitted")
+_JOB_ID = r"[0-9]+(?:\[[0-9]+\])?"  # a job, or a bulk job's sub-job (ID[N]); ASCII digits only
+_SUBMITTED = re.compile(r"Job\s+(\S+)\s+submitted")  # the id is checked against _JOB_ID
+_FUGAKU_FIX = "run on a Fugaku login node"
 # pjstat ST column
 _STATES = {"ACC": "pending", "QUE": "pending", "RNA": "pending", "HLD": "pending", "SPD": "pending",
            "RSM": "pending", "SPP": "running", "RUN": "running", "RNO": "running", "RNE": "running",
@@ -152,27 +153,32 @@ class PjmScheduler(Scheduler):
             raise KitError("pjsub was not found: the pjm launcher submits to Fujitsu's job manager (Fugaku)",
                            where="--launcher pjm",
                            fix="run on a Fugaku login node, or add --dry-run to print the job script")
-        r = subprocess.run(["pjsub", str(script)], capture_output=True, text=True, timeout=120)
+        r = run_command(["pjsub", str(script)], timeout=120, where=str(script), fix=_FUGAKU_FIX)
         m = _SUBMITTED.search(r.stdout + r.stderr)
         if r.returncode != 0 or not m:
             raise KitError(f"pjsub refused the job: {(r.stderr or r.stdout).strip()}", where=str(script),
                            fix="check rscgrp (--queue), elapse (--time), the group (--account) and node count")
-        return m.group(1)
+        # checked as a bundle's job id is, so that the bundle never records one the kit refuses later
+        return self.check_job_id(m.group(1), where=f"pjsub {script}",
+                                 fix="pjsub printed no job id; if it queued a job anyway, find it with pjstat "
+                                     "and cancel it with pjdel")
 
     def poll(self, job_id: str) -> JobState:
+        unanswered = []
         for argv in (["pjstat", job_id], ["pjstat", "-H", job_id]):
-            try:
-                r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-            except FileNotFoundError as e:
-                raise KitError("pjstat was not found", where=f"job {job_id}", fix="run on a Fugaku login node") from e
+            r = run_command(argv, timeout=60, where=f"job {job_id}", fix=_FUGAKU_FIX)
             st = parse_pjstat(r.stdout, job_id)
             if st:
                 kit_state = _STATES.get(st, "unknown")
                 return JobState(kit_state, kit_state in _ENDED, reason=f"PJM state {st}")
+            if r.returncode != 0:
+                unanswered.append(f"{' '.join(argv[:-1])}: {failure_line(r)}")
+        if unanswered:  # the job manager did not answer: the job may still be queued or running
+            return JobState("unknown", False, reason=f"could not ask PJM about job {job_id}: {'; '.join(unanswered)}")
         return JobState("unknown", True, reason=f"pjstat no longer lists job {job_id}")
 
     def cancel(self, job_id: str) -> None:
-        r = subprocess.run(["pjdel", job_id], capture_output=True, text=True, timeout=60)
+        r = run_command(["pjdel", job_id], timeout=60, where=f"job {job_id}", fix=_FUGAKU_FIX)
         if r.returncode != 0:
             raise KitError(f"pjdel {job_id} failed: {(r.stderr or r.stdout).strip()}", where=f"job {job_id}")
 

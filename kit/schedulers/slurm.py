@@ -10,7 +10,8 @@ finalizes the bundle. The job's own output goes to
 
 ``submit`` is ``sbatch --parsable``; ``poll`` asks ``squeue`` while the job is known to
 it, then ``scontrol show job`` (kept for MinJobAge seconds), then ``sacct`` where
-accounting is enabled.
+accounting is enabled. A job none of them lists is ``unknown`` and ended; when squeue or
+scontrol get no answer (the controller is down) it is ``unknown`` and not ended.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from kit.errors import KitError
 from kit.launchers.common import kit_command
-from kit.schedulers import JobState, Scheduler, register
+from kit.schedulers import JobState, Scheduler, failure_line, register, run_command
 
 # Slurm job states -> the kit's
 _STATES = {
@@ -40,11 +41,16 @@ _ENDED = {"completed", "failed", "cancelled", "timeout"}
 
 
 def _run(argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError as e:
-        raise KitError(f"{argv[0]} was not found on PATH", where="--launcher slurm",
-                       fix="run on a Slurm login node (sbatch, squeue, scontrol on PATH)") from e
+    return run_command(argv, timeout=timeout, where="--launcher slurm",
+                       fix="run on a Slurm login node (sbatch, squeue, scontrol on PATH)")
+
+
+def _no_answer(r: subprocess.CompletedProcess) -> str | None:
+    """Why a squeue/scontrol query got no answer about the job (None: it got one, if only
+    that the controller does not know the job id)."""
+    if r.returncode == 0 or "Invalid job id" in r.stderr:
+        return None
+    return f"{r.args[0]}: {failure_line(r)}"
 
 
 def _down_nodes(nodelist: str) -> str:
@@ -63,7 +69,7 @@ def _down_nodes(nodelist: str) -> str:
 @register("slurm")
 class SlurmScheduler(Scheduler):
     launcher = "srun"
-    job_id_pattern = re.compile(r"\d+(?:[_+]\d+)?")  # a job, an array task (ID_N), a het. component (ID+N)
+    job_id_pattern = re.compile(r"[0-9]+(?:[_+][0-9]+)?")  # a job, an array task (ID_N), a het. component (ID+N)
 
     def cores_per_node(self) -> int | None:
         """CPUs per node of the default (or $SBATCH_PARTITION) partition, from sinfo."""
@@ -115,19 +121,21 @@ class SlurmScheduler(Scheduler):
         if r.returncode != 0:
             raise KitError(f"sbatch refused the job: {(r.stderr or r.stdout).strip()}", where=str(script),
                            fix="check the partition (--queue), time limit (--time) and node count")
-        job_id = r.stdout.strip().split(";")[0]
-        if not job_id:
-            raise KitError(f"sbatch printed no job id: {r.stdout!r}", where=str(script))
-        return job_id
+        # checked as a bundle's job id is, so that the bundle never records one the kit refuses later
+        return self.check_job_id(r.stdout.strip().split(";")[0], where=f"sbatch --parsable {script}",
+                                 fix="sbatch printed no job id; if it queued a job anyway, find it with squeue "
+                                     "and cancel it with scancel")
 
     def poll(self, job_id: str) -> JobState:
         r = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+        unanswered = [_no_answer(r)]
         if r.returncode == 0 and r.stdout.strip():
             state, _, reason = r.stdout.strip().splitlines()[0].partition("|")
             kit_state = _STATES.get(state.split()[0], "unknown")
             if kit_state not in _ENDED:
                 return JobState(kit_state, False, reason="" if reason in ("None", "") else reason)
         r = _run(["scontrol", "show", "job", "-o", job_id])
+        unanswered.append(_no_answer(r))
         if r.returncode == 0 and "JobState=" in r.stdout:
             fields = dict(re.findall(r"(\w+)=(\S*)", r.stdout))
             state = fields.get("JobState", "")
@@ -140,7 +148,7 @@ class SlurmScheduler(Scheduler):
             if state == "NODE_FAIL":
                 why += _down_nodes(fields.get("NodeList", ""))
             return JobState(kit_state, kit_state in _ENDED, exit_code=exit_code, reason=why)
-        if shutil.which("sacct"):
+        if shutil.which("sacct"):  # its failure is no sign: without accounting it always fails
             r = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode,Reason"])
             if r.returncode == 0 and r.stdout.strip():
                 state, code, reason = (r.stdout.strip().splitlines()[0].split("|") + ["", ""])[:3]
@@ -148,6 +156,9 @@ class SlurmScheduler(Scheduler):
                 exit_code = int(code.split(":")[0]) if code.split(":")[0].isdigit() else None
                 return JobState(kit_state, kit_state in _ENDED, exit_code=exit_code,
                                 reason=f"{state}" + (f" ({reason})" if reason and reason != "None" else ""))
+        why = "; ".join(w for w in unanswered if w)
+        if why:  # the controller did not answer: the job may still be queued or running
+            return JobState("unknown", False, reason=f"could not ask Slurm about job {job_id}: {why}")
         return JobState("unknown", True, reason=f"Slurm no longer knows job {job_id} (squeue, scontrol, sacct)")
 
     def cancel(self, job_id: str) -> None:
