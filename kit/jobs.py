@@ -448,15 +448,10 @@ def cancel(bundle_dir: Path, console: Console, *, wait_s: float | None = None):
         st = scheduler.poll(job["job_id"])
         if st.ended:  # how, or no longer listed (it will not be listed again)
             break
-    if not st.known_ended:
-        if st.state != "unknown":
-            _say(console, f"{what} has not ended yet ({st.state}); `kit collect {bundle_dir}` once it has")
-        elif st.ended:
-            _say(console, f"{what}: the job manager no longer lists it ({st.reason}), so how it ended is unknown "
-                          f"and the bundle is not collected: `kit collect {bundle_dir}` finalizes it as such")
-        else:
-            _say(console, f"{what}: its state is unknown ({st.reason}), so the bundle is not collected: "
-                          f"`kit collect {bundle_dir}` once the job manager says the job has ended")
+    if st.state == "unknown":
+        return _state_unknown(console, what, st, bundle_dir)
+    if not st.ended:
+        _say(console, f"{what} has not ended yet ({st.state}); `kit collect {bundle_dir}` once it has")
         return EXIT_NOT_READY
     by = f"cancelled with kit cancel on {socket.gethostname()}"
     return collect(bundle_dir, console, state=JobState(st.state, True, st.exit_code,
@@ -479,13 +474,24 @@ def _send_cancel(scheduler: Scheduler, job: dict[str, Any], what: str, bundle_di
             return 0
         if st.state != "unknown":
             raise
-        if st.ended:
-            _say(console, f"{what}: the job manager no longer lists it ({st.reason}) and refused the cancel ({e}); "
-                          f"how it ended is unknown: {then}")
-        else:
-            _say(console, f"{what}: its state is unknown ({st.reason}) and the cancel failed ({e}); nothing was "
-                          f"cancelled: `kit cancel {bundle_dir}` again once the job manager answers")
-        return EXIT_NOT_READY
+        return _state_unknown(console, what, st, bundle_dir, cancel_failed=str(e))
+
+
+def _state_unknown(console: Console, what: str, st: JobState, bundle_dir: Path, *,
+                   cancel_failed: str | None = None) -> int:
+    """Say that ``kit cancel`` leaves the bundle as it is, since the job's state is unknown
+    (and the cancel failed, if it did), and what to do next: ``EXIT_NOT_READY``."""
+    if st.ended:
+        text = f"{what}: the job manager no longer lists it ({st.reason}), so how it ended is unknown"
+        todo = f"`kit collect {bundle_dir}` finalizes it as such"
+    else:
+        text = f"{what}: its state is unknown ({st.reason})"
+        todo = (f"`kit cancel {bundle_dir}` again once the job manager answers" if cancel_failed else
+                f"`kit collect {bundle_dir}` once the job manager says the job has ended")
+    if cancel_failed:
+        text += f"; the cancel failed ({cancel_failed})"
+    _say(console, f"{text}; the bundle is left as it is: {todo}")
+    return EXIT_NOT_READY
 
 
 def _say(console: Console, text: str) -> None:

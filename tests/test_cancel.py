@@ -135,7 +135,8 @@ def test_cancel_of_a_job_pjstat_no_longer_lists_sends_pjdel_and_exits_4_state_un
     assert proc.returncode == 4, proc.stdout + proc.stderr
     out = " ".join(proc.stdout.split())
     assert "pjm job 424242: the job manager no longer lists it (pjstat no longer lists job 424242)" in out
-    assert "refused the cancel" in out and "Job 424242 does not exist" in out and "already ended" not in out
+    assert "the cancel failed (" in out and "Job 424242 does not exist" in out and "already ended" not in out
+    assert f"the bundle is left as it is: `kit collect {b}` finalizes it as such" in out
     assert bundle_mod.read_manifest(b).status == "submitted"
 
 
@@ -147,7 +148,7 @@ def test_cancel_when_pjstat_fails_still_sends_pjdel_and_does_not_collect(tmp_pat
     assert json.loads(state.read_text())["st"] == "CCL" and proc.wait(timeout=30) is not None  # pjdel reached it
     text = " ".join(out.stdout.split())
     assert f"pjm job {jid}: its state is unknown (could not ask PJM about job {jid}: pjstat: [ERR.] PJM 0007" in text
-    assert "so the bundle is not collected" in text and "already ended" not in text
+    assert "the bundle is left as it is" in text and "already ended" not in text
     assert bundle_mod.read_manifest(b).status == "submitted"  # not finalized as if the job had ended
 
 
