@@ -89,9 +89,7 @@ def _wait_for(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupt_finalizes_the_bundle_quickly(tmp_path, sig):
     out = tmp_path / "r"
-    proc = subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--preset", "tuned", "--set", "train.iters=4000",
-                             "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = _start(out)
     _wait_for(proc, "iteration 2/", 300)
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=300)  # 4000 iterations would take many minutes more
@@ -174,10 +172,20 @@ def test_an_ignored_sighup_stays_ignored():
         signal.signal(signal.SIGHUP, old)
 
 
+def _as_from_a_terminal() -> None:
+    """In the child: SIGINT and SIGHUP as a terminal leaves them. A test suite started in the
+    background by a script (`cmd &`, nohup) ignores both, the child would inherit that, and the
+    kit keeps an ignored signal ignored (nohup's intent) - the test would then measure how it
+    was started."""
+    for s in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _start(out: Path, iters: int = 4000) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kit", "run", "tiny", "--preset", "tuned", "--set",
                              f"train.iters={iters}", "--out", str(out)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"})
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=_as_from_a_terminal)
 
 
 def test_a_killed_launcher_leaves_no_rank_training(tmp_path):
