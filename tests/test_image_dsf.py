@@ -236,7 +236,7 @@ def test_a_directory_the_image_provides_is_its_own_not_the_hosts(tmp_path):
     assert not HostRuntime().provides("/opt/dsf")
 
 
-@pytest.mark.parametrize("label", ["/", "/tmp", "/opt/../etc"])
+@pytest.mark.parametrize("label", ["/", "/tmp", "/opt/../etc", "/home/alice", "/tmp/x/y"])
 def test_a_too_broad_provides_label_is_ignored_with_a_warning(tmp_path, capsys, monkeypatch, label):
     """An image's labels are untrusted: ``/`` (an empty prefix once stripped), a top-level
     directory or a path with ``..`` would keep the bundle and the workdir from being bound and
@@ -257,29 +257,31 @@ def test_a_too_broad_provides_label_is_ignored_with_a_warning(tmp_path, capsys, 
 def test_the_bundle_and_the_sites_binds_are_bound_even_under_a_provided_directory(tmp_path):
     """``provides`` is asked of the workdir only: the bundle and a site's binds always reach
     the container, whatever the image's label says."""
-    rt = _oci({"org.kit.arch": "amd64", "org.kit.provides": str(tmp_path)})
-    site_bind = tmp_path / "site"
-    argv = rt.wrap(["python3"], {}, cwd=tmp_path / "w", binds=[tmp_path / "bundle", site_bind])
+    provided = Path("/opt/kit-test-provided")  # a path, never created: only the label names it
+    rt = _oci({"org.kit.arch": "amd64", "org.kit.provides": str(provided)})
+    site_bind = provided / "site"
+    argv = rt.wrap(["python3"], {}, cwd=provided / "w", binds=[provided / "bundle", site_bind])
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "-v"] == [
-        f"{tmp_path / 'bundle'}:{tmp_path / 'bundle'}", f"{site_bind}:{site_bind}"]
-    assert argv[argv.index("--workdir") + 1] == str(tmp_path / "w")  # the image's own, not bound
+        f"{provided / 'bundle'}:{provided / 'bundle'}", f"{site_bind}:{site_bind}"]
+    assert argv[argv.index("--workdir") + 1] == str(provided / "w")  # the image's own, not bound
 
 
 def test_a_bundle_directory_under_a_provided_directory_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
     from kit import cli
     from kit.runtimes import oci
 
-    labels = {"org.kit.arch": "amd64", "org.kit.provides": str(tmp_path)}
+    provided = Path("/opt/kit-test-provided")  # a path, never created: only the label names it
+    labels = {"org.kit.arch": "amd64", "org.kit.provides": str(provided)}
     monkeypatch.setattr(oci.OciRuntime, "image_info", lambda self: {"arch": "amd64", "labels": labels})
-    out = tmp_path / "results"
+    out = provided / "results"
     monkeypatch.setattr(sys, "argv", ["kit", "run", "dsf-tiny", "--preset", "baseline", "--runtime", "podman",
                                       "--image", "localhost/kit:x86_64-tcmalloc-dsf", "--out", str(out),
-                                      "--set", f"vars.dsf={tmp_path}/DeepSpeedFugaku"])
+                                      "--set", f"vars.dsf={provided}/DeepSpeedFugaku"])
     with pytest.raises(SystemExit) as e:
         cli.main()
     assert e.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and f"the bundle directory {out} lies under {tmp_path}" in lines[0], lines
+    assert len(lines) == 1 and f"the bundle directory {out} lies under {provided}" in lines[0], lines
     assert not out.exists()  # refused before any bundle was made
 
 

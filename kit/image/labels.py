@@ -31,16 +31,24 @@ def verify_hash(text: str) -> bool:
     return hashlib.sha256(blank.encode()).hexdigest() == m.group(1)
 
 
+#: where a container sees the host's files, not the image's (default binds, kernel file systems)
+HOST_OWNED = ("/home", "/root", "/tmp", "/var/tmp", "/run", "/proc", "/sys", "/dev", "/mnt", "/media", "/srv")
+
+
 def provided_dirs(value: str) -> tuple[list[str], list[str]]:
     """The directories an ``org.kit.provides`` label names that count, and those that do not.
 
     An entry counts only as a normalised absolute path at least two components deep
     (``/opt/dsf``): never ``/``, a top-level directory (``/tmp``, ``/home``), a path with ``..``
-    or ``.`` or a doubled or trailing ``/``. Anything broader would let an image's label keep
-    the bundle, the site's binds or a host checkout from being bound."""
+    or ``.`` or a doubled or trailing ``/``, and nothing under the directories a container
+    runtime binds from the host by default or the kernel provides (``HOST_OWNED``: Singularity
+    binds ``$HOME`` and ``/tmp``, so a host file there would be read as the image's). Anything
+    broader would let an image's label keep the bundle, the site's binds or a host checkout
+    from being bound."""
     good: list[str] = []
     bad: list[str] = []
     for d in str(value).split():
-        ok = d.startswith("/") and not d.startswith("//") and posixpath.normpath(d) == d and d.count("/") >= 2
+        ok = (d.startswith("/") and not d.startswith("//") and posixpath.normpath(d) == d and d.count("/") >= 2
+              and not any(d == h or d.startswith(h + "/") for h in HOST_OWNED))
         (good if ok else bad).append(d)
     return good, bad
