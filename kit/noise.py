@@ -36,7 +36,7 @@ from typing import Any
 import kit
 from kit import bundle as bundle_mod, hostinfo, locks, metricdefs
 from kit.textsafe import terminal
-from kit.verdict import noise_floor, spread
+from kit.verdict import finite, noise_floor, spread
 
 METRICS = tuple(m.name for how in ("timing", "memory") for m in metricdefs.judged(how))
 MAX_RUNS = 100
@@ -63,7 +63,7 @@ def _when(text: Any) -> datetime | None:
 
 
 def _positive(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return finite(v) and v > 0
 
 
 def session(*, presets: list[str], group: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -130,7 +130,7 @@ def save(record: dict[str, Any]) -> Path:
 
 
 def _number_or_none(v: Any) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+    return v is None or finite(v)
 
 
 def _well_formed(doc: Any) -> bool:
@@ -169,7 +169,7 @@ def floor_of(record: dict[str, Any] | None, metric: str) -> float | None:
     if not record:
         return None
     f = (record["metrics"].get(metric) or {}).get("floor")
-    return float(f) if isinstance(f, (int, float)) and math.isfinite(f) and f >= 0 else None
+    return float(f) if finite(f) and f >= 0 else None
 
 
 def _duration(seconds: float) -> str:

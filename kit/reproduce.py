@@ -40,7 +40,7 @@ from typing import Any
 
 from rich.console import Console
 
-from kit import bundle as bundle_mod, bundle_reader, metricdefs
+from kit import bundle as bundle_mod, bundle_reader, metricdefs, verdict
 from kit.digest import sha256_chunks
 from kit.errors import EXIT_FAILED, EXIT_NOT_READY, EXIT_OK, EXIT_STALLED, KitError
 from kit.textsafe import terminal
@@ -99,15 +99,11 @@ def _judge(judge: metricdefs.Judge, a: float | None, b: float | None, tol: float
     return f"±{tol:g}", None if a is None or b is None else abs(b - a) <= tol
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def loss_curve(old: dict[str, Any], new: dict[str, Any]) -> dict[int, tuple[float | None, float | None]]:
     """Iteration -> (old loss, new loss) over the iterations either run logged."""
     def series(doc):  # a loss that is not a finite number (a hostile or damaged bundle) counts as not logged
         return {it["iteration"]: it["loss"] for it in doc.get("iterations") or []
-                if isinstance(it, dict) and isinstance(it.get("iteration"), int) and _number(it.get("loss"))}
+                if isinstance(it, dict) and isinstance(it.get("iteration"), int) and verdict.finite(it.get("loss"))}
     a, b = series(old), series(new)
     return {i: (a.get(i), b.get(i)) for i in sorted(set(a) | set(b))}
 

@@ -146,6 +146,11 @@ def log_shift(a: Sequence[float], b: Sequence[float], confidence: float = CONFID
     return Shift(est, diffs[k - 1], diffs[len(diffs) - k])
 
 
+def finite(v: object) -> bool:
+    """A real, finite number as a bundle or cache document may hold one (a bool is not one)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def spread(values: Sequence[float]) -> float | None:
     """ln(max/min) of identical runs' values: the largest factor by which they differed (shown
     beside the floor; not the floor: a few runs see less than the host will show)."""

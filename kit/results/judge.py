@@ -25,7 +25,6 @@ comparison is for: they are listed by ``kit compare``, not refused.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import median
@@ -66,7 +65,7 @@ class Side:
         out = []
         for d in self.ok:
             v = _get(d.metrics, f"summary.{metric}")
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0:
+            if verdict.finite(v) and v > 0:
                 out.append(float(v))
         return out
 
@@ -79,7 +78,7 @@ class Side:
             for it in its if isinstance(its, list) else []:
                 ms = it.get("elapsed_ms") if isinstance(it, dict) else None
                 it_no = it.get("iteration") if isinstance(it, dict) else None
-                if (isinstance(ms, (int, float)) and not isinstance(ms, bool) and math.isfinite(ms) and ms > 0
+                if (verdict.finite(ms) and ms > 0
                         and isinstance(it_no, int) and isinstance(warm, int) and it_no > warm):
                     out.append(ms / 1000)
         return out
